@@ -1,0 +1,385 @@
+//! The blocking front end: runners are OS threads owned by the coalescer.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::completion::Outcome;
+use crate::error::{Admission, Closed, RunError};
+use crate::panic::PanicReport;
+use crate::registry::AdmitError;
+use crate::runner::{Core, Options, Runner};
+use crate::stats::Stats;
+use crate::sync::{lock, thread, Arc, AtomicBool, Mutex, Ordering};
+
+/// A per-key coalescer whose cycles run on threads it owns.
+///
+/// For each key, at most one cycle runs at a time; a request while the key's
+/// cycle runs is folded into one follow-up cycle that begins after it; keys
+/// never wait for each other. See the crate docs and `docs/invariants.md`
+/// for the exact guarantees.
+///
+/// Dropping the coalescer shuts it down ([`Coalescer::shutdown`]): like
+/// [`std::thread::scope`], it joins every thread it started, so no cycle
+/// runs after it is gone.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
+/// use coalescer::blocking::Coalescer;
+///
+/// let restarts = Arc::new(AtomicU32::new(0));
+/// let counted = Arc::clone(&restarts);
+/// let coalescer = Coalescer::new(move |_workspace: &u64| {
+///     counted.fetch_add(1, Ordering::Relaxed); // restart workspace here
+/// });
+/// coalescer.request(7).unwrap();
+/// coalescer.request_and_wait(7).unwrap(); // a restart that began after this call has finished
+/// coalescer.shutdown();
+/// assert!(restarts.load(Ordering::Relaxed) >= 1);
+/// ```
+pub struct Coalescer<K, S = RandomState> {
+    inner: Arc<Inner<K, S>>,
+}
+
+struct Inner<K, S> {
+    core: Core<K, S>,
+    cycle: Box<dyn Fn(&K) + Send + Sync>,
+    threads: ThreadSet,
+    /// Serializes `shutdown` calls, so that a second caller returns only
+    /// once the first one's drain is complete.
+    shutting_down: Mutex<()>,
+}
+
+/// Builds a [`Coalescer`] with options.
+pub struct Builder<K, S = RandomState> {
+    options: Options<K, S>,
+}
+
+impl<K> Builder<K> {
+    /// A builder with the defaults: panics reported as a `tracing` error
+    /// event, `RandomState` hashing, four map shards per core.
+    pub fn new() -> Self {
+        Builder {
+            options: Options::new(),
+        }
+    }
+}
+
+impl<K> Default for Builder<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, S> Builder<K, S> {
+    /// Replaces the panic hook. It is called exactly once for every cycle
+    /// that panics, on the runner thread, after the panic was caught. A
+    /// panic inside the hook is caught and discarded.
+    #[must_use]
+    pub fn panic_hook(self, hook: impl Fn(&PanicReport<'_, K>) + Send + Sync + 'static) -> Self {
+        Builder {
+            options: self.options.panic_hook(hook),
+        }
+    }
+
+    /// Replaces the hasher that places keys in the map (the default,
+    /// `RandomState`, resists hash flooding).
+    #[must_use]
+    pub fn hasher<S2: BuildHasher + Clone>(self, hasher: S2) -> Builder<K, S2> {
+        Builder {
+            options: self.options.hasher(hasher),
+        }
+    }
+
+    /// Sets the number of map shards (rounded up to a power of two, at
+    /// least 1). More shards mean fewer requests contending on one lock when
+    /// keys become active or idle.
+    #[must_use]
+    pub fn shards(self, shards: usize) -> Self {
+        Builder {
+            options: self.options.shards(shards),
+        }
+    }
+
+    /// Builds the coalescer; `cycle` is run for a key each time a cycle of
+    /// that key begins.
+    pub fn build<F>(self, cycle: F) -> Coalescer<K, S>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        S: BuildHasher + Clone + Send + Sync + 'static,
+        F: Fn(&K) + Send + Sync + 'static,
+    {
+        Coalescer {
+            inner: Arc::new(Inner {
+                core: Core::new(self.options),
+                cycle: Box::new(cycle),
+                threads: ThreadSet::default(),
+                shutting_down: Mutex::new(()),
+            }),
+        }
+    }
+}
+
+impl<K, S: fmt::Debug> fmt::Debug for Builder<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<K> Coalescer<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// A coalescer with the default options that runs `cycle` for a key each
+    /// time a cycle of that key begins.
+    pub fn new<F>(cycle: F) -> Self
+    where
+        F: Fn(&K) + Send + Sync + 'static,
+    {
+        Builder::new().build(cycle)
+    }
+
+    /// A builder, for options.
+    pub fn builder() -> Builder<K> {
+        Builder::new()
+    }
+}
+
+impl<K, S> Coalescer<K, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    /// Requests a cycle of `key`, and returns at once: it never waits for a
+    /// cycle.
+    ///
+    /// If the key is idle this starts its runner ([`Admission::Started`]);
+    /// if its runner is active, the request is folded into the one cycle that
+    /// runner begins next ([`Admission::Coalesced`]). Either way, everything
+    /// this thread did before the call happens-before the cycle that covers
+    /// the request.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] once [`shutdown`](Self::shutdown) has begun; the request is
+    /// then not recorded.
+    ///
+    /// # Panics
+    ///
+    /// If the OS refuses to start a runner thread (as [`std::thread::spawn`]
+    /// does); the request is then not recorded. A panic of `K`'s `Hash` or
+    /// `Eq` reaches the caller; the coalescer stays usable.
+    pub fn request(&self, key: K) -> Result<Admission, Closed> {
+        self.admit(key, false).map(|(admission, _)| admission)
+    }
+
+    /// Requests a cycle of `key` and blocks until a cycle that began after
+    /// this request was accepted has ended.
+    ///
+    /// When this returns `Ok(())`, that cycle completed, and everything it
+    /// did happens-before the return.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Closed`] if the coalescer is shut down (nothing recorded);
+    /// [`RunError::Panicked`] if the covering cycle panicked.
+    ///
+    /// # Panics
+    ///
+    /// As [`request`](Self::request).
+    ///
+    /// Calling this from inside a cycle of the same `key` deadlocks: that
+    /// cycle's follow-up cannot begin until it returns.
+    pub fn request_and_wait(&self, key: K) -> Result<(), RunError> {
+        let (_, completion) = self.admit(key, true)?;
+        let completion = completion.expect("admission with wait carries a completion");
+        match completion.wait() {
+            Outcome::Completed => Ok(()),
+            Outcome::Panicked => Err(RunError::Panicked),
+        }
+    }
+
+    fn admit(
+        &self,
+        key: K,
+        wait: bool,
+    ) -> Result<(Admission, Option<Arc<crate::completion::Completion>>), Closed> {
+        let inner = &self.inner;
+        let admitted = inner
+            .core
+            .registry
+            .admit(key, wait, &inner.core.counters, |key, slot| {
+                let runner = Runner::new(key.clone(), Arc::clone(slot));
+                let owner = Arc::clone(inner);
+                inner.threads.spawn(move || owner.run(runner))
+            });
+        match admitted {
+            Ok(a) => {
+                let admission = if a.started {
+                    Admission::Started
+                } else {
+                    Admission::Coalesced
+                };
+                Ok((admission, a.completion))
+            }
+            Err(AdmitError::Closed) => Err(Closed),
+            Err(AdmitError::Start(e)) => {
+                panic!("coalescer: failed to start a runner thread: {e}")
+            }
+        }
+    }
+
+    /// Closes the coalescer and drains it: every later request is rejected
+    /// with [`Closed`], and this returns only when every request accepted
+    /// before the close is covered by a cycle that has ended, and every
+    /// runner thread has exited. Idempotent; concurrent callers all wait for
+    /// the drain.
+    ///
+    /// Called from inside a cycle, it closes and joins every other runner,
+    /// but cannot join its own thread; that runner finishes its key's pending
+    /// cycles after the calling cycle returns, and is joined by a later
+    /// `shutdown` or by `Drop`.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+
+    /// The number of keys with a running or pending cycle; 0 once quiescent.
+    pub fn active_keys(&self) -> usize {
+        self.inner.core.registry.active_keys()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.core.counters.snapshot()
+    }
+}
+
+impl<K, S> Inner<K, S> {
+    /// Close, then join every runner (see `Coalescer::shutdown`).
+    fn shutdown(&self) {
+        let _one_at_a_time = lock(&self.shutting_down);
+        self.core.registry.close();
+        self.threads.join_all();
+    }
+}
+
+impl<K, S> Inner<K, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher + Clone,
+{
+    /// The runner thread's body: cycles until the key goes idle.
+    fn run(&self, runner: Runner<K>) {
+        loop {
+            let begun = runner.begin();
+            let result = catch_unwind(AssertUnwindSafe(|| (self.cycle)(&runner.key)));
+            if !runner.end(&self.core, begun, result) {
+                return;
+            }
+        }
+    }
+}
+
+impl<K, S> Drop for Coalescer<K, S> {
+    /// Shuts down (see [`Coalescer::shutdown`]): a coalescer joins the
+    /// threads it started.
+    fn drop(&mut self) {
+        self.inner.shutdown();
+    }
+}
+
+impl<K, S> fmt::Debug for Coalescer<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coalescer")
+            .field("stats", &self.inner.core.counters.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The runner threads a coalescer owns. Finished threads are joined (reaped)
+/// whenever a new one is started, so the set holds only live runners and
+/// runners that are exiting.
+#[derive(Default)]
+struct ThreadSet {
+    /// Guarded by this mutex; never held while joining a live thread, so a
+    /// runner is never blocked by it.
+    entries: Mutex<Vec<Entry>>,
+}
+
+struct Entry {
+    /// Set by the thread as the last thing it does.
+    finished: Arc<AtomicBool>,
+    handle: thread::JoinHandle<()>,
+}
+
+/// Sets the flag when dropped, so it is set however the body ends.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        // ORDERING: Release pairs with the Acquire load in `ThreadSet::spawn`'s
+        // reaping; the join that follows is what actually synchronizes.
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl ThreadSet {
+    fn spawn(&self, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        let mut entries = lock(&self.entries);
+        // Reap: the flag is the thread's last action, so these joins return
+        // at once (or after the thread's final few instructions).
+        let mut i = 0;
+        while i < entries.len() {
+            // ORDERING: Acquire pairs with the Release store in `SetOnDrop`.
+            if entries[i].finished.load(Ordering::Acquire) {
+                let done = entries.swap_remove(i);
+                // The body never panics (cycles run under catch_unwind); a
+                // join error would be a bug in this crate, with nothing to do
+                // about it here.
+                let _ = done.handle.join();
+            } else {
+                i += 1;
+            }
+        }
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = SetOnDrop(Arc::clone(&finished));
+        let handle = thread::Builder::new()
+            .name("coalescer-runner".to_owned())
+            .spawn(move || {
+                let _flag = flag;
+                body();
+            })?;
+        entries.push(Entry { finished, handle });
+        Ok(())
+    }
+
+    /// Joins every thread in the set except the caller's own (a thread
+    /// cannot join itself), including threads started while this runs.
+    fn join_all(&self) {
+        let me = thread::current().id();
+        loop {
+            let batch: Vec<Entry> = {
+                let mut entries = lock(&self.entries);
+                let (own, others) = std::mem::take(&mut *entries)
+                    .into_iter()
+                    .partition(|e| e.handle.thread().id() == me);
+                *entries = own;
+                others
+            };
+            if batch.is_empty() {
+                return;
+            }
+            for entry in batch {
+                let _ = entry.handle.join();
+            }
+        }
+    }
+}
+
+static_assertions::assert_impl_all!(Coalescer<u64>: Send, Sync);
+static_assertions::assert_impl_all!(Coalescer<String>: Send, Sync);

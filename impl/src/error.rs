@@ -1,0 +1,64 @@
+//! Outcomes and errors of the request verbs.
+
+use std::fmt;
+
+/// How an accepted request will be covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Admission {
+    /// The key had no active runner: this request started one, and that
+    /// runner's first cycle covers it.
+    Started,
+    /// The key's runner is active: it will begin one more cycle after this
+    /// request, which covers it (together with every other request that
+    /// arrived meanwhile).
+    Coalesced,
+}
+
+/// The request was rejected because the coalescer is shut down (or shutting
+/// down). Nothing was recorded: no cycle will run for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Closed;
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "request rejected: the coalescer is shut down, so no cycle will run for it; \
+             create a new coalescer to keep accepting requests",
+        )
+    }
+}
+
+impl std::error::Error for Closed {}
+
+/// Why `request_and_wait` did not see its covering cycle complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The request was rejected: the coalescer is shut down. No cycle ran
+    /// for it.
+    Closed,
+    /// The request was accepted and the cycle covering it began after it,
+    /// but that cycle panicked. The panic was reported to the panic hook; the
+    /// key is not stuck, and later requests start new cycles as usual.
+    Panicked,
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Closed => fmt::Display::fmt(&Closed, f),
+            RunError::Panicked => f.write_str(
+                "the cycle covering this request panicked (reported to the panic hook); \
+                 the key is still usable",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+impl From<Closed> for RunError {
+    fn from(_: Closed) -> Self {
+        RunError::Closed
+    }
+}

@@ -1,0 +1,54 @@
+//! Per-key trailing-edge coalescing: run a job again, but never twice at
+//! once, and never lose a request.
+//!
+//! A *request* for a key asks for one *cycle* of that key's job. Requests for
+//! a key whose cycle is running are folded into exactly one follow-up cycle,
+//! which begins after all of them; requests never wait for cycles; keys never
+//! wait for each other. The guarantees, each proven by the loom suite and
+//! ordinary tests, are listed in `docs/invariants.md`:
+//!
+//! - **INV-1** a key's cycles never overlap (and each happens-before the next);
+//! - **INV-2** no lost wakeup: every accepted request is covered by a cycle
+//!   that begins after it;
+//! - **INV-3** a panicking cycle is contained: reported once, the key is not
+//!   stuck, and requests that arrived during it get their follow-up;
+//! - **INV-4** a request happens-before the cycle that covers it;
+//! - **INV-5** shutdown drains: a request racing it is either accepted and
+//!   covered before `shutdown` returns, or rejected with [`Closed`]; no
+//!   cycle begins after it returns, and no runner outlives the coalescer;
+//! - **INV-6** idle keys cost no memory: a key's slot is removed when it
+//!   goes idle;
+//! - **INV-7** no spurious cycle: every cycle covers at least one request.
+//!
+//! The front end here is [`blocking::Coalescer`], whose runners are threads
+//! the coalescer owns and joins.
+//!
+//! ```
+//! use coalescer::blocking::Coalescer;
+//!
+//! let coalescer = Coalescer::new(|tenant: &String| {
+//!     // re-sync `tenant`; requests arriving meanwhile coalesce into one re-run
+//!     let _ = tenant;
+//! });
+//! coalescer.request("acme".to_owned()).unwrap();
+//! coalescer.request_and_wait("acme".to_owned()).unwrap();
+//! coalescer.shutdown(); // also done by Drop
+//! assert_eq!(coalescer.active_keys(), 0);
+//! ```
+#![forbid(unsafe_code)]
+
+mod completion;
+mod error;
+mod panic;
+mod registry;
+mod runner;
+mod slot;
+mod state;
+mod stats;
+mod sync;
+
+pub mod blocking;
+
+pub use error::{Admission, Closed, RunError};
+pub use panic::PanicReport;
+pub use stats::Stats;

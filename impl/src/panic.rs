@@ -1,0 +1,86 @@
+//! Containing and reporting a cycle's panic.
+
+use std::any::Any;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// What a panic hook is told about a cycle that panicked.
+///
+/// The hook runs on the runner, after the panic was caught and before the
+/// runner decides whether the key goes idle or runs its follow-up cycle.
+pub struct PanicReport<'a, K> {
+    pub(crate) key: &'a K,
+    pub(crate) payload: &'a (dyn Any + Send),
+}
+
+impl<'a, K> PanicReport<'a, K> {
+    /// The key whose cycle panicked.
+    pub fn key(&self) -> &'a K {
+        self.key
+    }
+
+    /// The panic payload, as `catch_unwind` returned it.
+    pub fn payload(&self) -> &'a (dyn Any + Send) {
+        self.payload
+    }
+
+    /// The panic message, if the payload is a `&str` or a `String` (what
+    /// `panic!` with a message produces); `None` for any other payload.
+    pub fn message(&self) -> Option<&'a str> {
+        payload_message(self.payload)
+    }
+}
+
+impl<K> fmt::Debug for PanicReport<'_, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PanicReport")
+            .field("message", &self.message())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn payload_message(payload: &(dyn Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}
+
+/// A panic hook: called exactly once per panicking cycle.
+pub(crate) type PanicHook<K> = Box<dyn Fn(&PanicReport<'_, K>) + Send + Sync>;
+
+/// The default hook: one `tracing` error event.
+///
+/// Target `coalescer`, field `panic_message` (the message, or
+/// `"<non-string panic payload>"`).
+pub(crate) fn default_hook<K>() -> PanicHook<K> {
+    Box::new(|report: &PanicReport<'_, K>| {
+        tracing::error!(
+            target: "coalescer",
+            panic_message = report.message().unwrap_or("<non-string panic payload>"),
+            "cycle panicked; the key stays usable and requests that arrived during it get their follow-up cycle"
+        );
+    })
+}
+
+/// Reports `payload` to `hook` once, then disposes of it, containing any
+/// panic from the hook itself or from the payload's `Drop`: a runner must
+/// survive whatever a user's code throws at it.
+pub(crate) fn report<K>(hook: &PanicHook<K>, key: &K, payload: Box<dyn Any + Send>) {
+    let report = PanicReport {
+        key,
+        payload: &*payload,
+    };
+    if let Err(hook_panic) = catch_unwind(AssertUnwindSafe(|| hook(&report))) {
+        dispose(hook_panic);
+    }
+    dispose(payload);
+}
+
+/// Drops a panic payload whose `Drop` may itself panic. A payload that
+/// panics while dropping is leaked rather than allowed to unwind further.
+pub(crate) fn dispose(payload: Box<dyn Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
+    }
+}

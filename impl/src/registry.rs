@@ -1,0 +1,222 @@
+//! The keyed map of active slots, the `closed` flag, admission and
+//! reclamation.
+//!
+//! The map is split into shards, each a `RwLock<HashMap<K, Arc<Slot>>>`.
+//! A request for an active key takes its shard's read lock and does the one
+//! `fetch_or` of [`Slot::request`] — readers never block each other. The
+//! write lock is taken only to create a slot (a key becoming active), to
+//! remove one (a key going idle), and once per shard by [`Registry::close`].
+//! No lock is ever held while a cycle runs.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+
+use crate::completion::Completion;
+use crate::slot::Slot;
+use crate::state::Requested;
+use crate::stats::Counters;
+use crate::sync::{read, write, Arc, AtomicBool, Ordering, RwLock, StatCounter};
+
+type Shard<K, S> = RwLock<HashMap<K, Arc<Slot>, S>>;
+
+/// Every active key's slot, and whether admission is closed.
+pub(crate) struct Registry<K, S> {
+    shards: Box<[Shard<K, S>]>,
+    /// `shards.len() - 1`; the length is a power of two.
+    mask: usize,
+    hasher: S,
+    /// Set once by `close`. Read by admission under a shard lock.
+    closed: AtomicBool,
+    /// Slots created minus slots killed by `go_idle`: the number of keys
+    /// with a running or pending cycle.
+    active: StatCounter,
+}
+
+/// An accepted request.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// Whether this request started a runner.
+    pub(crate) started: bool,
+    /// The covering cycle's completion, if the request asked to wait.
+    pub(crate) completion: Option<Arc<Completion>>,
+}
+
+/// Why admission failed.
+#[derive(Debug)]
+pub(crate) enum AdmitError<E> {
+    /// The registry is closed: nothing was recorded.
+    Closed,
+    /// Starting the runner failed: the fresh slot was removed again before
+    /// anyone could see it, so nothing was recorded.
+    Start(E),
+}
+
+impl<K, S> Registry<K, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher + Clone,
+{
+    /// A registry with at least `shards` shards (rounded up to a power of two).
+    pub(crate) fn new(shards: usize, hasher: S) -> Self {
+        let n = shards.max(1).next_power_of_two();
+        Registry {
+            shards: (0..n)
+                .map(|_| RwLock::new(HashMap::with_hasher(hasher.clone())))
+                .collect(),
+            mask: n - 1,
+            hasher,
+            closed: AtomicBool::new(false),
+            active: StatCounter::new(0),
+        }
+    }
+
+    fn shard(&self, key: &K) -> &Shard<K, S> {
+        // Truncating the hash is intended: only its low bits pick the shard.
+        let h = self.hasher.hash_one(key) as usize;
+        &self.shards[h & self.mask]
+    }
+
+    fn is_closed(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release store in `close`. Always
+        // read under a shard lock; the lock hand-off with `close`'s barrier is
+        // what guarantees a request that misses the flag finished its
+        // registration before `close` returned (INV-5).
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Admits a request for `key`.
+    ///
+    /// If the key is active, the request is folded into its slot. Otherwise a
+    /// fresh slot is created, and `start` is called — under the shard's write
+    /// lock, so `close` cannot return before the runner `start` registers is
+    /// visible to it — to start that slot's runner. If `wait` is set, the
+    /// returned admission carries the covering cycle's completion.
+    pub(crate) fn admit<E>(
+        &self,
+        key: K,
+        wait: bool,
+        counters: &Counters,
+        start: impl FnOnce(&K, &Arc<Slot>) -> Result<(), E>,
+    ) -> Result<Admitted, AdmitError<E>> {
+        let shard = self.shard(&key);
+        // Fast path: the key is active and its slot live. One read lock, one RMW.
+        {
+            let map = read(shard);
+            if self.is_closed() {
+                drop(map);
+                Counters::bump(&counters.rejected);
+                return Err(AdmitError::Closed);
+            }
+            if let Some(slot) = map.get(&key) {
+                if let Some(admitted) = join_live(slot, wait) {
+                    drop(map);
+                    Counters::bump(&counters.requests);
+                    Counters::bump(&counters.coalesced);
+                    tracing::debug!(target: "coalescer", "coalesced");
+                    return Ok(admitted);
+                }
+            }
+        }
+        // Slow path: no slot, or a dead one. Under the write lock nobody else
+        // can create or remove this key's slot.
+        let mut map = write(shard);
+        if self.is_closed() {
+            drop(map);
+            Counters::bump(&counters.rejected);
+            return Err(AdmitError::Closed);
+        }
+        if let Some(slot) = map.get(&key) {
+            // Someone created a fresh slot since we looked, or the old one is
+            // still live after all.
+            if let Some(admitted) = join_live(slot, wait) {
+                drop(map);
+                Counters::bump(&counters.requests);
+                Counters::bump(&counters.coalesced);
+                tracing::debug!(target: "coalescer", "coalesced");
+                return Ok(admitted);
+            }
+        }
+        // The key is idle (no slot, or a dead slot its runner has not removed
+        // yet): create its slot, replacing any dead one.
+        let completion = wait.then(|| Arc::new(Completion::new(1)));
+        let slot = Arc::new(Slot::fresh(completion.clone()));
+        // Counted before the runner exists, so its `reclaim` never sees the
+        // count below this slot's own contribution.
+        // ORDERING: Relaxed, observation only (StatCounter).
+        self.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = start(&key, &slot) {
+            // Nobody has seen `slot`: it was never in the map.
+            // ORDERING: Relaxed, observation only (StatCounter).
+            self.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(AdmitError::Start(e));
+        }
+        map.insert(key, slot);
+        drop(map);
+        Counters::bump(&counters.requests);
+        Counters::bump(&counters.started);
+        tracing::debug!(target: "coalescer", "started");
+        Ok(Admitted {
+            started: true,
+            completion,
+        })
+    }
+
+    /// Called by a runner right after its slot went dead: removes the slot
+    /// from the map, unless a requester already replaced it with a fresh one.
+    pub(crate) fn reclaim(&self, key: &K, slot: &Arc<Slot>) {
+        // ORDERING: Relaxed, observation only (StatCounter).
+        self.active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let mut map = write(self.shard(key));
+        if map.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            map.remove(key);
+        }
+        drop(map);
+        tracing::debug!(target: "coalescer", "reclaimed");
+    }
+
+    /// Slots still in the map, dead or alive (for tests of reclamation).
+    #[cfg(test)]
+    pub(crate) fn slots(&self) -> usize {
+        self.shards.iter().map(|s| read(s).len()).sum()
+    }
+}
+
+impl<K, S> Registry<K, S> {
+    /// Closes admission. When this returns, every later `admit` fails with
+    /// `Closed`, and every earlier successful `admit` has finished: its
+    /// request is in a live slot and any runner it started was registered by
+    /// `start` (INV-5).
+    pub(crate) fn close(&self) {
+        // ORDERING: Release pairs with the Acquire load in `is_closed`. The
+        // flag alone is not enough — a request may have read `false` just
+        // before this store — so the barrier below waits out every admission
+        // holding a shard lock; any lock taken after it sees the flag.
+        self.closed.store(true, Ordering::Release);
+        for shard in self.shards.iter() {
+            drop(write(shard));
+        }
+    }
+
+    /// Keys with a running or pending cycle.
+    pub(crate) fn active_keys(&self) -> usize {
+        // ORDERING: Relaxed, observation only (StatCounter).
+        self.active.load(std::sync::atomic::Ordering::Relaxed) as usize
+    }
+}
+
+/// Folds a request into `slot` if it is live.
+fn join_live(slot: &Slot, wait: bool) -> Option<Admitted> {
+    let completion = if wait {
+        Some(slot.request_and_register()?)
+    } else {
+        match slot.request() {
+            Requested::Dead => return None,
+            Requested::Coalesced { .. } => None,
+        }
+    };
+    Some(Admitted {
+        started: false,
+        completion,
+    })
+}

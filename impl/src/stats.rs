@@ -1,0 +1,64 @@
+//! Counters a coalescer keeps about itself.
+
+use crate::sync::StatCounter;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// A snapshot of a coalescer's counters.
+///
+/// Each field is read separately with no lock, so a snapshot taken while
+/// requests or cycles are in flight may be momentarily inconsistent (for
+/// example `requests` may run ahead of `started + coalesced`). Once the
+/// coalescer is quiescent — say after `shutdown` — the snapshot is exact and
+/// `requests == started + coalesced`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Accepted requests (every call of `request` or `request_and_wait`
+    /// that was not rejected).
+    pub requests: u64,
+    /// Accepted requests that started a runner for an idle key.
+    pub started: u64,
+    /// Accepted requests folded into the next cycle of an active runner.
+    pub coalesced: u64,
+    /// Requests rejected because the coalescer was shut down.
+    pub rejected: u64,
+    /// Cycles that ended, whether they completed or panicked.
+    pub cycles: u64,
+    /// Cycles that panicked (each also counted in `cycles`).
+    pub panics: u64,
+}
+
+/// The live counters behind [`Stats`].
+///
+/// ORDERING: every operation here is `Relaxed` and pairs with nothing — the
+/// counters are observation-only and order no other memory. They are plain
+/// `std` atomics even under loom (see `sync.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: StatCounter,
+    pub(crate) started: StatCounter,
+    pub(crate) coalesced: StatCounter,
+    pub(crate) rejected: StatCounter,
+    pub(crate) cycles: StatCounter,
+    pub(crate) panics: StatCounter,
+}
+
+impl Counters {
+    /// Adds one to `c`.
+    pub(crate) fn bump(c: &StatCounter) {
+        // ORDERING: Relaxed, statistics only; pairs with nothing (see the type doc).
+        c.fetch_add(1, Relaxed);
+    }
+
+    /// Reads every counter.
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            requests: self.requests.load(Relaxed),
+            started: self.started.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            cycles: self.cycles.load(Relaxed),
+            panics: self.panics.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! The one place that chooses between `std` and `loom`.
+//!
+//! Everything that orders memory between threads — the per-key state word,
+//! the shard locks, the completion mutex and condvar, the `closed` flag, the
+//! runner threads and their `finished` flags — comes from here. Under
+//! `--cfg loom` these are loom's mocks, so the loom suite explores the very
+//! code that ships; no other module mentions `loom`.
+//!
+//! Two things deliberately do **not** come from loom: the statistics
+//! counters and the active-key count ([`StatCounter`]). They are
+//! observation-only (nothing is ordered by them, no decision reads them), and
+//! modelling them would multiply the interleavings loom explores without
+//! checking anything more.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering},
+    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
+#[cfg(loom)]
+pub(crate) use loom::thread;
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering},
+    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
+#[cfg(not(loom))]
+pub(crate) use std::thread;
+
+/// A statistics counter: always `std`, always `Relaxed` (see the module doc).
+pub(crate) type StatCounter = std::sync::atomic::AtomicU64;
+
+/// Locks `m`, ignoring poison.
+///
+/// Every structure behind our locks stays valid if a panic unwinds while the
+/// lock is held (the only code that can panic there is a user's `Hash`/`Eq`
+/// inside `HashMap`, which leaves the map consistent), so poison carries no
+/// information for us and must not turn one user's panic into everyone's.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Read-locks `l`, ignoring poison (see [`lock`]).
+pub(crate) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Write-locks `l`, ignoring poison (see [`lock`]).
+pub(crate) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Waits on `cv`, ignoring poison (see [`lock`]).
+pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    cv.wait(guard)
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
