@@ -6,16 +6,23 @@
 //! `--cfg loom` these are loom's mocks, so the loom suite explores the very
 //! code that ships; no other module mentions `loom`.
 //!
-//! Two things deliberately do **not** come from loom: the statistics
-//! counters and the active-key count ([`StatCounter`]). They are
-//! observation-only (nothing is ordered by them, no decision reads them), and
-//! modelling them would multiply the interleavings loom explores without
-//! checking anything more.
+//! Two things deliberately do **not** come from loom:
+//!
+//! - the statistics counters and the active-key count ([`StatCounter`]): they
+//!   are observation-only (nothing is ordered by them, no decision reads
+//!   them);
+//! - [`Arc`]: its reference count orders only the deallocation of what it
+//!   owns (std's own, separately verified, protocol); no decision of ours
+//!   reads a count.
+//!
+//! Modelling either would multiply the interleavings loom explores — every
+//! loom `Arc` clone and drop is a scheduling point — without checking
+//! anything of ours.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
-    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
 #[cfg(loom)]
 pub(crate) use loom::thread;
@@ -23,10 +30,12 @@ pub(crate) use loom::thread;
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
-    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
 #[cfg(not(loom))]
 pub(crate) use std::thread;
+
+pub(crate) use std::sync::Arc;
 
 /// A statistics counter: always `std`, always `Relaxed` (see the module doc).
 pub(crate) type StatCounter = std::sync::atomic::AtomicU64;

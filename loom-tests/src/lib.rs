@@ -1,4 +1,221 @@
 //! Helpers for the loom suite in `tests/`; see `docs/invariants.md`.
 //!
-//! Everything here exists only under `--cfg loom`:
-//! `RUSTFLAGS="--cfg loom" cargo test --release` at the workspace root.
+//! The suite exists only under `--cfg loom`; at the workspace root run
+//! `RUSTFLAGS="--cfg loom" cargo test --release`. Every model is exhaustive:
+//! [`check`] clears loom's preemption bound even if `LOOM_MAX_PREEMPTIONS` is
+//! set, and prints each model's iteration count and time.
+#![cfg(loom)]
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::AtomicUsize as StdAtomicUsize;
+use std::sync::Once;
+use std::time::Instant;
+
+use coalescer::blocking::{Builder, Coalescer};
+use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use loom::sync::{Arc, Condvar, Mutex};
+
+/// The payload of every panic a model injects into a cycle.
+pub const INJECTED: &str = "injected cycle panic";
+
+/// A deterministic hasher: loom needs every execution of a model to make the
+/// same choices, and `RandomState` would not.
+pub type Fixed = BuildHasherDefault<DefaultHasher>;
+
+/// Runs `model` under loom, exhaustively, and prints its iteration count and
+/// time as `loom model NAME: N iterations in T s`.
+pub fn check(name: &str, model: impl Fn() + Sync + Send + 'static) {
+    quiet_injected_panics();
+    let iterations = std::sync::Arc::new(StdAtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&iterations);
+    let mut builder = loom::model::Builder::new();
+    // Exhaustive: no preemption bound, whatever the environment says.
+    builder.preemption_bound = None;
+    let started = Instant::now();
+    builder.check(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        model();
+    });
+    eprintln!(
+        "loom model {name}: {} iterations in {:.2} s (exhaustive)",
+        iterations.load(std::sync::atomic::Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Keeps the std panic hook from printing the panics models inject on
+/// purpose; every other panic (a failed assertion) is printed as usual.
+fn quiet_injected_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&INJECTED) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// A one-shot gate a cycle can block on until another thread opens it.
+#[derive(Debug, Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    /// Opens the gate, releasing every current and future `wait`.
+    pub fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+
+    /// Blocks until the gate is open.
+    pub fn wait(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+    }
+}
+
+/// What a model's cycles observe, and the requesters' published writes.
+///
+/// The instrumentation must not create happens-before edges of its own, or it
+/// would hide a missing edge in the coalescer: so the cycle-to-cycle and
+/// requester-to-cycle checks use `Relaxed` loom atomics only, and the log is a
+/// `std` mutex, which loom does not see (loom runs one thread at a time, so
+/// it never contends).
+#[derive(Debug)]
+pub struct Env {
+    /// One per requester: stored `true` (Relaxed) just before it requests.
+    /// A cycle that loads `false` for a request it covers proves the request
+    /// did not happen-before it (INV-4): with `Relaxed`, only the
+    /// happens-before edge the coalescer provides makes the store visible.
+    written: Vec<AtomicBool>,
+    /// Per cycle, in the order the cycles ran: what it saw of `written`.
+    log: std::sync::Mutex<Vec<Vec<bool>>>,
+    /// The number of cycles that have ended, stored (Relaxed) by each cycle
+    /// as it ends. A cycle that loads a smaller number than have ended before
+    /// it in real time does not happen-after its predecessor (INV-1).
+    ended: AtomicUsize,
+    /// Cycles currently running: never above 1 (INV-1, in real time). A
+    /// `std` atomic, invisible to loom, which runs one thread at a time.
+    running: StdAtomicUsize,
+    /// Calls of the panic hook for injected panics.
+    reported: StdAtomicUsize,
+    /// Messages of panics that were not injected: a failed assertion inside
+    /// a cycle is caught by the coalescer like any cycle panic, so it lands
+    /// here and [`Env::done`] fails the model with it.
+    unexpected: std::sync::Mutex<Vec<String>>,
+}
+
+impl Env {
+    /// An environment for `requesters` requesters.
+    pub fn new(requesters: usize) -> Arc<Self> {
+        Arc::new(Env {
+            written: (0..requesters).map(|_| AtomicBool::new(false)).collect(),
+            log: std::sync::Mutex::new(Vec::new()),
+            ended: AtomicUsize::new(0),
+            running: StdAtomicUsize::new(0),
+            reported: StdAtomicUsize::new(0),
+            unexpected: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Requester `i` publishes its write (before calling `request`).
+    pub fn write(&self, i: usize) {
+        self.written[i].store(true, Ordering::Relaxed);
+    }
+
+    /// The body of a cycle: checks exclusion and ordering, records what it
+    /// sees, and returns its 0-based number among all cycles of the model.
+    pub fn cycle(&self) -> usize {
+        assert_eq!(
+            self.running.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            0,
+            "two cycles of one key overlap"
+        );
+        let n = self.log.lock().unwrap().len();
+        assert_eq!(
+            self.ended.load(Ordering::Relaxed),
+            n,
+            "cycle {n} does not happen-after the cycle before it"
+        );
+        let seen = self
+            .written
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect();
+        self.log.lock().unwrap().push(seen);
+        self.ended.store(n + 1, Ordering::Relaxed);
+        self.running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        n
+    }
+
+    /// A copy of the log.
+    pub fn log(&self) -> Vec<Vec<bool>> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Ends a model: fails it if any cycle panicked other than on purpose.
+    pub fn done(&self) {
+        let unexpected = self.unexpected.lock().unwrap();
+        assert!(unexpected.is_empty(), "cycles panicked: {unexpected:?}");
+    }
+
+    /// How often the panic hook was called.
+    pub fn reported(&self) -> usize {
+        self.reported.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Asserts that the last cycle saw the writes of `requesters`: every
+    /// accepted request is covered by a cycle that began after it, and the
+    /// last cycle began after all of them (INV-2, INV-4).
+    pub fn assert_last_cycle_saw(&self, requesters: &[usize]) {
+        let log = self.log();
+        let last = log.last().expect("no cycle ran at all");
+        for &i in requesters {
+            assert!(
+                last[i],
+                "request {i} lost or not happened-before its cycle; log: {log:?}"
+            );
+        }
+    }
+}
+
+/// A builder with the loom settings: fixed hasher, one shard (so every key
+/// shares one lock, the harder case), and a hook that counts into
+/// `env.reported`.
+pub fn builder(env: &Arc<Env>) -> Builder<u8, Fixed> {
+    let hooked = Arc::clone(env);
+    Builder::new()
+        .hasher(Fixed::default())
+        .shards(1)
+        .panic_hook(move |report| match report.message() {
+            Some(INJECTED) => {
+                hooked
+                    .reported
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            other => hooked
+                .unexpected
+                .lock()
+                .unwrap()
+                .push(other.unwrap_or("<non-string payload>").to_owned()),
+        })
+}
+
+/// A coalescer whose cycle is `env.cycle()` followed by `after(n, key)`.
+pub fn coalescer(
+    env: &Arc<Env>,
+    after: impl Fn(usize, u8) + Send + Sync + 'static,
+) -> Coalescer<u8, Fixed> {
+    let cycles = Arc::clone(env);
+    builder(env).build(move |key: &u8| {
+        let n = cycles.cycle();
+        after(n, *key);
+    })
+}

@@ -1,0 +1,300 @@
+//! Loom models of the blocking front end: one model per race, each named
+//! after the invariants it proves (docs/invariants.md). All exhaustive.
+#![cfg(loom)]
+
+use coalescer::{Admission, Closed, RunError};
+use coalescer_loom_tests::{builder, check, coalescer, Env, Gate, INJECTED};
+use loom::sync::Arc;
+use loom::thread;
+
+/// Two requests race each other while a cycle runs: both coalesce into
+/// exactly one follow-up, which sees both requesters' writes.
+#[test]
+fn inv2_inv7_two_requests_during_a_running_cycle_coalesce_into_one_follow_up() {
+    check("two_requests_during_a_running_cycle", || {
+        let env = Env::new(2);
+        let (started, release) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+        let c = {
+            let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+            Arc::new(coalescer(&env, move |n, _| {
+                if n == 0 {
+                    started.open();
+                    release.wait();
+                }
+            }))
+        };
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        // Two requests, from this thread and another, race each other and
+        // the running cycle.
+        let requester = {
+            let (c, env, started) = (Arc::clone(&c), Arc::clone(&env), Arc::clone(&started));
+            thread::spawn(move || {
+                started.wait();
+                env.write(0);
+                c.request(0)
+            })
+        };
+        started.wait();
+        env.write(1);
+        assert_eq!(c.request(0), Ok(Admission::Coalesced));
+        assert_eq!(requester.join().unwrap(), Ok(Admission::Coalesced));
+        release.open();
+        c.shutdown();
+        // Exactly one follow-up (INV-7) covering both requests (INV-2).
+        assert_eq!(env.log().len(), 2, "log: {:?}", env.log());
+        env.assert_last_cycle_saw(&[0, 1]);
+        let stats = c.stats();
+        assert_eq!((stats.requests, stats.coalesced, stats.cycles), (3, 2, 2));
+        env.done();
+    });
+}
+
+/// D1: a request races the runner's transition to idle. It is either folded
+/// into the live slot (the compare-exchange to idle fails) or finds the slot
+/// dead and starts a fresh runner — never stranded in between. The fresh
+/// runner's cycle happens-after the dead runner's (INV-1).
+#[test]
+fn inv1_inv2_inv4_request_racing_the_transition_to_idle_is_never_stranded() {
+    check("request_racing_the_transition_to_idle", || {
+        let env = Env::new(1);
+        let c = Arc::new(coalescer(&env, |_, _| {}));
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        let requester = {
+            let (c, env) = (Arc::clone(&c), Arc::clone(&env));
+            thread::spawn(move || {
+                env.write(0);
+                c.request(0).unwrap()
+            })
+        };
+        let _ = requester.join().unwrap();
+        c.shutdown();
+        env.assert_last_cycle_saw(&[0]);
+        let cycles = env.log().len();
+        assert!((1..=2).contains(&cycles), "log: {:?}", env.log());
+        assert_eq!(c.active_keys(), 0);
+        drop(c);
+        // The cycle closure is gone: no runner can run it any more (INV-5).
+        assert_eq!(Arc::strong_count(&env), 1);
+        env.done();
+    });
+}
+
+/// D2: a request arrives while a cycle panics (gated so it is truly during
+/// the cycle). The panic is reported once, the request gets its follow-up,
+/// and the key is not stuck: a later request_and_wait completes.
+#[test]
+fn inv3_request_during_a_panicking_cycle_gets_its_follow_up() {
+    check("request_during_a_panicking_cycle", || {
+        let env = Env::new(1);
+        let (started, release) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+        let c = {
+            let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+            Arc::new(coalescer(&env, move |n, _| {
+                if n == 0 {
+                    started.open();
+                    release.wait();
+                    std::panic::panic_any(INJECTED);
+                }
+            }))
+        };
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        let requester = {
+            let (c, env) = (Arc::clone(&c), Arc::clone(&env));
+            thread::spawn(move || {
+                started.wait();
+                env.write(0);
+                let admission = c.request(0);
+                release.open();
+                admission
+            })
+        };
+        assert_eq!(requester.join().unwrap(), Ok(Admission::Coalesced));
+        assert_eq!(c.request_and_wait(0), Ok(()));
+        c.shutdown();
+        let log = env.log();
+        assert!(log.len() >= 2 && log[1][0], "no follow-up; log: {log:?}");
+        assert_eq!(env.reported(), 1);
+        assert_eq!(c.stats().panics, 1);
+        assert_eq!(c.active_keys(), 0);
+        env.done();
+    });
+}
+
+/// D2 without the gate: the request races the panicking cycle's end.
+#[test]
+fn inv3_inv4_request_racing_the_end_of_a_panicking_cycle_is_covered() {
+    check("request_racing_the_end_of_a_panicking_cycle", || {
+        let env = Env::new(1);
+        let c = Arc::new(coalescer(&env, |n, _| {
+            if n == 0 {
+                std::panic::panic_any(INJECTED);
+            }
+        }));
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        let requester = {
+            let (c, env) = (Arc::clone(&c), Arc::clone(&env));
+            thread::spawn(move || {
+                env.write(0);
+                c.request(0).unwrap()
+            })
+        };
+        let _ = requester.join().unwrap();
+        c.shutdown();
+        env.assert_last_cycle_saw(&[0]);
+        assert_eq!(env.reported(), 1);
+        assert_eq!(c.stats().panics, 1);
+        env.done();
+    });
+}
+
+/// Shutdown races a request while a cycle runs: the request is either
+/// accepted and covered by a cycle that ended before shutdown returned, or
+/// rejected with Closed; no cycle begins after shutdown returns; no runner
+/// outlives the coalescer.
+#[test]
+fn inv5_shutdown_racing_a_request_and_a_running_cycle() {
+    check("shutdown_racing_a_request_and_a_running_cycle", || {
+        let env = Env::new(1);
+        let c = Arc::new(coalescer(&env, |_, _| {}));
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        let requester = {
+            let (c, env) = (Arc::clone(&c), Arc::clone(&env));
+            thread::spawn(move || {
+                env.write(0);
+                c.request(0)
+            })
+        };
+        c.shutdown();
+        let at_shutdown = env.log();
+        let admission = requester.join().unwrap();
+        match admission {
+            Ok(_) => assert!(
+                at_shutdown.last().is_some_and(|seen| seen[0]),
+                "accepted request not drained by shutdown; log: {at_shutdown:?}"
+            ),
+            Err(Closed) => {}
+        }
+        drop(c);
+        assert_eq!(env.log(), at_shutdown, "a cycle ran after shutdown returned");
+        assert_eq!(Arc::strong_count(&env), 1, "a runner outlived the coalescer");
+        env.done();
+    });
+}
+
+/// Two shutdowns race: each returns only once the drain is complete.
+#[test]
+fn inv5_concurrent_shutdowns_both_wait_for_the_drain() {
+    check("concurrent_shutdowns", || {
+        let env = Env::new(0);
+        let c = Arc::new(coalescer(&env, |_, _| {}));
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        let other = {
+            let (c, env) = (Arc::clone(&c), Arc::clone(&env));
+            thread::spawn(move || {
+                c.shutdown();
+                env.log().len()
+            })
+        };
+        c.shutdown();
+        assert_eq!(env.log().len(), 1);
+        assert_eq!(other.join().unwrap(), 1);
+        assert_eq!(c.request(0), Err(Closed));
+        env.done();
+    });
+}
+
+/// A request_and_wait racing a running cycle returns only after a cycle
+/// that began after it has ended, and that cycle saw its write.
+#[test]
+fn inv2_inv4_request_and_wait_returns_after_a_cycle_that_began_after_it() {
+    check("request_and_wait_racing_a_running_cycle", || {
+        let env = Env::new(1);
+        let c = Arc::new(coalescer(&env, |_, _| {}));
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        let waiter = {
+            let (c, env) = (Arc::clone(&c), Arc::clone(&env));
+            thread::spawn(move || {
+                env.write(0);
+                assert_eq!(c.request_and_wait(0), Ok(()));
+                let log = env.log();
+                assert!(
+                    log.iter().any(|seen| seen[0]),
+                    "returned before its covering cycle ended; log: {log:?}"
+                );
+            })
+        };
+        waiter.join().unwrap();
+        c.shutdown();
+        env.done();
+    });
+}
+
+/// Two keys share one map shard: a blocked cycle of key 0 does not delay a
+/// request_and_wait on key 1, and both keys are reclaimed once quiescent.
+#[test]
+fn inv1_inv6_keys_are_isolated_and_reclaimed() {
+    check("keys_are_isolated_and_reclaimed", || {
+        let envs = [Env::new(0), Env::new(0)];
+        let gate = Arc::new(Gate::default());
+        let key0 = Arc::clone(&gate);
+        let per_key = envs.clone();
+        let c = Arc::new(builder(&envs[0]).build(move |key: &u8| {
+            per_key[usize::from(*key)].cycle();
+            if *key == 0 {
+                key0.wait();
+            }
+        }));
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        // Deadlocks (which loom reports) if key 1 waits for key 0's cycle.
+        assert_eq!(c.request_and_wait(1), Ok(()));
+        gate.open();
+        c.shutdown();
+        assert_eq!(c.active_keys(), 0);
+        envs[0].done();
+        assert_eq!(envs[0].log().len(), 1);
+        assert_eq!(envs[1].log().len(), 1);
+    });
+}
+
+/// Two requests race the reclamation of an idle key from two threads: each
+/// either joins a live slot or replaces the dead one with a fresh runner.
+/// Up to three runners of one key exist over time; their cycles never
+/// overlap and are ordered by happens-before (INV-1), and the last one saw
+/// both writes.
+#[test]
+fn inv1_inv2_inv6_reclamation_racing_new_requests() {
+    check("reclamation_racing_new_requests", || {
+        let env = Env::new(2);
+        let c = Arc::new(coalescer(&env, |_, _| {}));
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        let requester = {
+            let (c, env) = (Arc::clone(&c), Arc::clone(&env));
+            thread::spawn(move || {
+                env.write(0);
+                c.request(0).unwrap()
+            })
+        };
+        env.write(1);
+        let _ = c.request(0).unwrap();
+        let _ = requester.join().unwrap();
+        c.shutdown();
+        env.assert_last_cycle_saw(&[0, 1]);
+        assert!(env.log().len() <= 3, "spurious cycle; log: {:?}", env.log());
+        assert_eq!(c.active_keys(), 0);
+        env.done();
+    });
+}
+
+/// After a close, requests are rejected and the waiter variant says so.
+#[test]
+fn inv5_requests_after_shutdown_are_rejected() {
+    check("requests_after_shutdown_are_rejected", || {
+        let env = Env::new(0);
+        let c = coalescer(&env, |_, _| {});
+        c.shutdown();
+        assert_eq!(c.request(0), Err(Closed));
+        assert_eq!(c.request_and_wait(0), Err(RunError::Closed));
+        assert!(env.log().is_empty());
+        env.done();
+    });
+}
