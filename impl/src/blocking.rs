@@ -383,3 +383,38 @@ impl ThreadSet {
 
 static_assertions::assert_impl_all!(Coalescer<u64>: Send, Sync);
 static_assertions::assert_impl_all!(Coalescer<String>: Send, Sync);
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Coalescer;
+
+    /// INV-6: once quiescent, no key holds a slot — not even a dead one.
+    #[test]
+    fn inv6_idle_keys_hold_no_slot() {
+        let c = Coalescer::new(|_: &u32| {});
+        for key in 0..10_000 {
+            c.request(key).unwrap();
+            c.request(key % 7).unwrap();
+        }
+        c.shutdown();
+        assert_eq!(c.inner.core.registry.slots(), 0);
+        assert_eq!(c.active_keys(), 0);
+    }
+
+    /// Finished runner threads are reaped: the set holds only runners that
+    /// are live or exiting, not one entry per key ever started.
+    #[test]
+    fn finished_runners_are_reaped() {
+        let c = Coalescer::new(|_: &u32| {});
+        for key in 0..2_000 {
+            c.request_and_wait(key).unwrap();
+        }
+        let held = super::lock(&c.inner.threads.entries).len();
+        assert!(
+            held < 2_000,
+            "{held} runner handles kept for 2000 finished runners"
+        );
+        c.shutdown();
+        assert_eq!(super::lock(&c.inner.threads.entries).len(), 0);
+    }
+}

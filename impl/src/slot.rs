@@ -62,8 +62,7 @@ impl Slot {
         match self.request() {
             Requested::Dead => None,
             Requested::Coalesced { covered_by } => {
-                let completion =
-                    next.get_or_insert_with(|| Arc::new(Completion::new(covered_by)));
+                let completion = next.get_or_insert_with(|| Arc::new(Completion::new(covered_by)));
                 debug_assert_eq!(completion.cycle, covered_by);
                 Some(Arc::clone(completion))
             }

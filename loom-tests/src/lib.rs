@@ -2,7 +2,7 @@
 //!
 //! The suite exists only under `--cfg loom`; at the workspace root run
 //! `RUSTFLAGS="--cfg loom" cargo test --release`. Every model is exhaustive:
-//! [`check`] clears loom's preemption bound even if `LOOM_MAX_PREEMPTIONS` is
+//! `check` clears loom's preemption bound even if `LOOM_MAX_PREEMPTIONS` is
 //! set, and prints each model's iteration count and time.
 #![cfg(loom)]
 
@@ -108,7 +108,7 @@ pub struct Env {
     reported: StdAtomicUsize,
     /// Messages of panics that were not injected: a failed assertion inside
     /// a cycle is caught by the coalescer like any cycle panic, so it lands
-    /// here and [`Env::done`] fails the model with it.
+    /// here and `Env::done` fails the model with it.
     unexpected: std::sync::Mutex<Vec<String>>,
 }
 
@@ -134,7 +134,8 @@ impl Env {
     /// sees, and returns its 0-based number among all cycles of the model.
     pub fn cycle(&self) -> usize {
         assert_eq!(
-            self.running.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            self.running
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             0,
             "two cycles of one key overlap"
         );
@@ -151,7 +152,8 @@ impl Env {
             .collect();
         self.log.lock().unwrap().push(seen);
         self.ended.store(n + 1, Ordering::Relaxed);
-        self.running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.running
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         n
     }
 

@@ -1,0 +1,412 @@
+//! Ordinary tests of the blocking front end (compiled out under loom).
+//!
+//! No test measures time: cycles that must be "running" or "blocked" are
+//! held by channels the test controls, and quiescence is `shutdown`.
+#![cfg(not(loom))]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Barrier, Mutex, Once};
+
+use coalescer::blocking::Coalescer;
+use coalescer::{Admission, Closed, RunError};
+
+const INJECTED: &str = "injected test panic";
+
+/// Silences the std panic message for panics the tests inject on purpose.
+fn quiet_injected_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let injected = info.payload().downcast_ref::<&str>() == Some(&INJECTED)
+                || info.payload().downcast_ref::<u32>().is_some();
+            if !injected {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// A cycle that tells the test when it starts and waits for the test to
+/// release it, so a test can hold a cycle "running" without sleeping.
+struct Held {
+    started: Receiver<u32>,
+    release: Sender<()>,
+}
+
+/// Makes a cycle function counting into `count`; cycles numbered in
+/// `held` (1-based) announce themselves and block until released.
+fn held_cycle(
+    count: &Arc<AtomicU32>,
+    held: &'static [u32],
+) -> (impl Fn(&u32) + Send + Sync + 'static, Held) {
+    let (started_tx, started) = channel();
+    let (release, release_rx) = channel::<()>();
+    let started_tx = Mutex::new(started_tx);
+    let release_rx = Mutex::new(release_rx);
+    let count = Arc::clone(count);
+    let cycle = move |_: &u32| {
+        let n = count.fetch_add(1, SeqCst) + 1;
+        if held.contains(&n) {
+            started_tx.lock().unwrap().send(n).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }
+    };
+    (cycle, Held { started, release })
+}
+
+#[test]
+fn one_request_runs_one_cycle() {
+    let count = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&count);
+    let c = Coalescer::new(move |_: &u32| {
+        counted.fetch_add(1, SeqCst);
+    });
+    assert_eq!(c.request(1), Ok(Admission::Started));
+    c.shutdown();
+    assert_eq!(count.load(SeqCst), 1);
+    let stats = c.stats();
+    assert_eq!((stats.requests, stats.started, stats.cycles), (1, 1, 1));
+}
+
+#[test]
+fn five_requests_during_a_blocked_cycle_make_exactly_two_cycles() {
+    let count = Arc::new(AtomicU32::new(0));
+    let (cycle, held) = held_cycle(&count, &[1]);
+    let c = Coalescer::new(cycle);
+    assert_eq!(c.request(7), Ok(Admission::Started));
+    assert_eq!(held.started.recv().unwrap(), 1);
+    for _ in 0..5 {
+        assert_eq!(c.request(7), Ok(Admission::Coalesced));
+    }
+    held.release.send(()).unwrap();
+    c.shutdown();
+    assert_eq!(count.load(SeqCst), 2);
+    let stats = c.stats();
+    assert_eq!((stats.requests, stats.coalesced, stats.cycles), (6, 5, 2));
+}
+
+#[test]
+fn sequential_request_and_wait_run_one_cycle_each() {
+    let count = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&count);
+    let c = Coalescer::new(move |_: &u32| {
+        counted.fetch_add(1, SeqCst);
+    });
+    for i in 1..=3 {
+        assert_eq!(c.request_and_wait(3), Ok(()));
+        // The cycle that covered this call has finished, and it began after
+        // the call: so at least `i` cycles have run.
+        assert!(count.load(SeqCst) >= i);
+    }
+    c.shutdown();
+    assert_eq!(count.load(SeqCst), 3);
+}
+
+#[test]
+fn a_request_during_a_cycle_is_picked_up_by_a_later_cycle() {
+    let seen = Arc::new(AtomicU64::new(0));
+    let version = Arc::new(AtomicU64::new(0));
+    let (started_tx, started) = channel::<()>();
+    let (release, release_rx) = channel::<()>();
+    let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+    let (seen2, version2) = (Arc::clone(&seen), Arc::clone(&version));
+    let first = AtomicBool::new(true);
+    let c = Coalescer::new(move |_: &u32| {
+        seen2.store(version2.load(SeqCst), SeqCst);
+        if first.swap(false, SeqCst) {
+            started_tx.lock().unwrap().send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }
+    });
+    c.request(1).unwrap();
+    started.recv().unwrap();
+    version.store(42, SeqCst); // written while cycle 1 runs, after it read
+    assert_eq!(c.request(1), Ok(Admission::Coalesced));
+    release.send(()).unwrap();
+    c.shutdown();
+    assert_eq!(seen.load(SeqCst), 42);
+    assert_eq!(c.stats().cycles, 2);
+}
+
+#[test]
+fn state_is_cleared_after_a_drain_and_a_key_can_start_again() {
+    let count = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&count);
+    let c = Coalescer::new(move |_: &u32| {
+        counted.fetch_add(1, SeqCst);
+    });
+    assert_eq!(c.request_and_wait(9), Ok(()));
+    c.shutdown();
+    assert_eq!(c.active_keys(), 0);
+
+    let c = Coalescer::new(|_: &u32| {});
+    // A key that went idle gets a fresh runner on its next request.
+    for _ in 0..100 {
+        c.request_and_wait(9).unwrap();
+    }
+    c.shutdown();
+    assert_eq!(c.active_keys(), 0);
+    let stats = c.stats();
+    assert_eq!(stats.requests, 100);
+    assert!(stats.started >= 1);
+}
+
+#[test]
+fn a_panic_does_not_stick_and_is_reported_once() {
+    quiet_injected_panics();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&reports);
+    let c = Coalescer::builder()
+        .panic_hook(move |r| {
+            recorded
+                .lock()
+                .unwrap()
+                .push((*r.key(), r.message().map(str::to_owned)));
+        })
+        .build(|key: &u32| {
+            if *key == 1 {
+                std::panic::panic_any(INJECTED);
+            }
+        });
+    assert_eq!(c.request_and_wait(1), Err(RunError::Panicked));
+    // The key is not stuck: the next request starts a cycle again.
+    assert_eq!(c.request_and_wait(1), Err(RunError::Panicked));
+    assert_eq!(c.request_and_wait(2), Ok(()));
+    c.shutdown();
+    assert_eq!(
+        *reports.lock().unwrap(),
+        vec![
+            (1, Some(INJECTED.to_owned())),
+            (1, Some(INJECTED.to_owned()))
+        ]
+    );
+    let stats = c.stats();
+    assert_eq!((stats.cycles, stats.panics), (3, 2));
+}
+
+#[test]
+fn non_string_panic_payloads_are_contained_and_reported_without_a_message() {
+    quiet_injected_panics();
+    let messages = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&messages);
+    let c = Coalescer::builder()
+        .panic_hook(move |r| {
+            let code = r.payload().downcast_ref::<u32>().copied();
+            recorded.lock().unwrap().push((r.message().is_none(), code));
+        })
+        .build(|_: &u32| std::panic::panic_any(7u32));
+    assert_eq!(c.request_and_wait(1), Err(RunError::Panicked));
+    c.shutdown();
+    assert_eq!(*messages.lock().unwrap(), vec![(true, Some(7))]);
+}
+
+#[test]
+fn a_panicking_hook_is_contained() {
+    quiet_injected_panics();
+    let c = Coalescer::builder()
+        .panic_hook(|_| std::panic::panic_any(INJECTED))
+        .build(|key: &u32| {
+            if *key == 1 {
+                std::panic::panic_any(INJECTED);
+            }
+        });
+    assert_eq!(c.request_and_wait(1), Err(RunError::Panicked));
+    assert_eq!(c.request_and_wait(2), Ok(()));
+    c.shutdown();
+    assert_eq!(c.stats().panics, 1);
+}
+
+#[test]
+fn shutdown_waits_for_a_blocked_then_panicking_cycle() {
+    quiet_injected_panics();
+    let (started_tx, started) = channel::<()>();
+    let (release, release_rx) = channel::<()>();
+    let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+    let finished = Arc::new(AtomicBool::new(false));
+    let finished2 = Arc::clone(&finished);
+    let c = Arc::new(
+        Coalescer::builder()
+            .panic_hook(|_| {})
+            .build(move |_: &u32| {
+                started_tx.lock().unwrap().send(()).unwrap();
+                release_rx.lock().unwrap().recv().unwrap();
+                finished2.store(true, SeqCst);
+                std::panic::panic_any(INJECTED);
+            }),
+    );
+    c.request(1).unwrap();
+    started.recv().unwrap();
+    let shutting = {
+        let c = Arc::clone(&c);
+        std::thread::spawn(move || {
+            c.shutdown();
+        })
+    };
+    // Shutdown cannot return while the cycle is held; release it so it
+    // panics, then shutdown must have waited for that.
+    release.send(()).unwrap();
+    shutting.join().unwrap();
+    assert!(finished.load(SeqCst));
+    assert_eq!(c.stats().panics, 1);
+    assert_eq!(c.active_keys(), 0);
+}
+
+#[test]
+fn different_keys_do_not_serialize() {
+    // Key 1's cycle is held until key 2's cycle has run: if keys shared a
+    // runner or a lock across cycles, this would deadlock.
+    let (two_done, two_done_rx) = channel::<()>();
+    let two_done = Mutex::new(two_done);
+    let two_done_rx = Mutex::new(two_done_rx);
+    let c = Coalescer::new(move |key: &u32| match key {
+        1 => two_done_rx.lock().unwrap().recv().unwrap(),
+        _ => two_done.lock().unwrap().send(()).unwrap(),
+    });
+    c.request(1).unwrap();
+    assert_eq!(c.request_and_wait(2), Ok(()));
+    c.shutdown();
+    assert_eq!(c.stats().cycles, 2);
+}
+
+#[test]
+fn a_request_during_a_panicking_cycle_gets_its_follow_up() {
+    quiet_injected_panics();
+    let count = Arc::new(AtomicU32::new(0));
+    let (started_tx, started) = channel::<()>();
+    let (release, release_rx) = channel::<()>();
+    let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+    let counted = Arc::clone(&count);
+    let c = Coalescer::builder()
+        .panic_hook(|_| {})
+        .build(move |_: &u32| {
+            if counted.fetch_add(1, SeqCst) == 0 {
+                started_tx.lock().unwrap().send(()).unwrap();
+                release_rx.lock().unwrap().recv().unwrap();
+                std::panic::panic_any(INJECTED);
+            }
+        });
+    c.request(1).unwrap();
+    started.recv().unwrap();
+    assert_eq!(c.request(1), Ok(Admission::Coalesced));
+    release.send(()).unwrap();
+    c.shutdown();
+    assert_eq!(count.load(SeqCst), 2, "the follow-up did not run");
+    let stats = c.stats();
+    assert_eq!((stats.cycles, stats.panics), (2, 1));
+}
+
+#[test]
+fn requests_after_shutdown_are_rejected_and_shutdown_is_idempotent() {
+    let c = Coalescer::new(|_: &u32| {});
+    c.request(1).unwrap();
+    c.shutdown();
+    c.shutdown();
+    assert_eq!(c.request(1), Err(Closed));
+    assert_eq!(c.request_and_wait(1), Err(RunError::Closed));
+    let stats = c.stats();
+    assert_eq!((stats.requests, stats.rejected, stats.cycles), (1, 2, 1));
+    assert!(!Closed.to_string().is_empty());
+    assert!(RunError::Panicked.to_string().contains("panicked"));
+}
+
+#[test]
+fn shutdown_from_inside_a_cycle_does_not_deadlock() {
+    let slot: Arc<Mutex<Option<Arc<Coalescer<u32>>>>> = Arc::new(Mutex::new(None));
+    let inside = Arc::clone(&slot);
+    let closed_inside = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&closed_inside);
+    let c = Arc::new(Coalescer::new(move |_: &u32| {
+        let me = inside.lock().unwrap().clone();
+        if let Some(me) = me {
+            me.shutdown();
+            flag.store(me.request(2) == Err(Closed), SeqCst);
+        }
+    }));
+    *slot.lock().unwrap() = Some(Arc::clone(&c));
+    assert_eq!(c.request_and_wait(1), Ok(()));
+    assert!(closed_inside.load(SeqCst));
+    // Break the reference cycle, then the last drop joins the runner.
+    slot.lock().unwrap().take();
+    c.shutdown();
+    assert_eq!(c.active_keys(), 0);
+}
+
+#[test]
+fn ten_thousand_distinct_keys_leave_no_active_key() {
+    let count = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&count);
+    let c = Coalescer::new(move |_: &u32| {
+        counted.fetch_add(1, SeqCst);
+    });
+    for key in 0..10_000 {
+        c.request(key).unwrap();
+    }
+    c.shutdown();
+    assert_eq!(c.active_keys(), 0);
+    assert_eq!(count.load(SeqCst), 10_000);
+}
+
+/// Many threads, many keys: every key's last write is seen by a cycle that
+/// began after it, and no two cycles of a key overlap.
+#[test]
+fn concurrent_requests_never_lose_the_last_write_and_never_overlap() {
+    const KEYS: usize = 64;
+    const THREADS: usize = 4;
+    const WRITES: usize = 5_000;
+    let versions: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let seen: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let running: Arc<Vec<AtomicUsize>> = Arc::new((0..KEYS).map(|_| AtomicUsize::new(0)).collect());
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let c = {
+        let (versions, seen, running, overlaps) = (
+            Arc::clone(&versions),
+            Arc::clone(&seen),
+            Arc::clone(&running),
+            Arc::clone(&overlaps),
+        );
+        Arc::new(Coalescer::new(move |key: &usize| {
+            if running[*key].fetch_add(1, SeqCst) != 0 {
+                overlaps.fetch_add(1, SeqCst);
+            }
+            seen[*key].store(versions[*key].load(SeqCst), SeqCst);
+            std::thread::yield_now();
+            running[*key].fetch_sub(1, SeqCst);
+        }))
+    };
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (c, versions, barrier) =
+                (Arc::clone(&c), Arc::clone(&versions), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                for i in 0..WRITES {
+                    let key = (i * 7 + t * 13) % KEYS;
+                    versions[key].fetch_add(1, SeqCst);
+                    c.request(key).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    c.shutdown();
+    assert_eq!(overlaps.load(SeqCst), 0, "two cycles of one key overlapped");
+    let lost: HashMap<usize, (u64, u64)> = (0..KEYS)
+        .map(|k| (k, (versions[k].load(SeqCst), seen[k].load(SeqCst))))
+        .filter(|(_, (v, s))| v != s)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "keys whose last write no cycle saw: {lost:?}"
+    );
+    let stats = c.stats();
+    assert_eq!(stats.requests, (THREADS * WRITES) as u64);
+    assert_eq!(stats.requests, stats.started + stats.coalesced);
+    assert!(stats.cycles <= stats.requests);
+    assert_eq!(c.active_keys(), 0);
+}
