@@ -140,18 +140,15 @@ where
         // yet): create its slot, replacing any dead one.
         let completion = wait.then(|| Arc::new(Completion::new(1)));
         let slot = Arc::new(Slot::fresh(completion.clone()));
-        // Counted before the runner exists, so its `reclaim` never sees the
-        // count below this slot's own contribution.
+        if let Err(e) = start(&key, &slot) {
+            // Nobody has seen `slot`: it was never in the map.
+            return Err(AdmitError::Start(e));
+        }
+        // Counted while we still hold the write lock, which the new runner's
+        // `reclaim` needs: so the count never goes below this slot's share.
         // ORDERING: Relaxed, observation only (StatCounter).
         self.active
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = start(&key, &slot) {
-            // Nobody has seen `slot`: it was never in the map.
-            // ORDERING: Relaxed, observation only (StatCounter).
-            self.active
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(AdmitError::Start(e));
-        }
         map.insert(key, slot);
         drop(map);
         Counters::bump(&counters.requests);
@@ -166,10 +163,11 @@ where
     /// Called by a runner right after its slot went dead: removes the slot
     /// from the map, unless a requester already replaced it with a fresh one.
     pub(crate) fn reclaim(&self, key: &K, slot: &Arc<Slot>) {
+        let mut map = write(self.shard(key));
+        // Under the lock: after the creator's increment (see `admit`).
         // ORDERING: Relaxed, observation only (StatCounter).
         self.active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let mut map = write(self.shard(key));
         if map.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
             map.remove(key);
         }

@@ -43,9 +43,10 @@ pub(crate) type StatCounter = std::sync::atomic::AtomicU64;
 /// Locks `m`, ignoring poison.
 ///
 /// Every structure behind our locks stays valid if a panic unwinds while the
-/// lock is held (the only code that can panic there is a user's `Hash`/`Eq`
-/// inside `HashMap`, which leaves the map consistent), so poison carries no
-/// information for us and must not turn one user's panic into everyone's.
+/// lock is held (the only code that can panic there is a user's key code —
+/// `Hash`, `Eq`, `Clone`, `Drop` — inside map operations, which leaves the map
+/// consistent), so poison carries no information for us and must not turn one
+/// user's panic into everyone's.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -24,21 +24,34 @@ pub const INJECTED: &str = "injected cycle panic";
 pub type Fixed = BuildHasherDefault<DefaultHasher>;
 
 /// Runs `model` under loom, exhaustively, and prints its iteration count and
-/// time as `loom model NAME: N iterations in T s`.
+/// time as `loom model NAME: N iterations in T s (exhaustive)`.
 pub fn check(name: &str, model: impl Fn() + Sync + Send + 'static) {
+    run(name, None, model);
+}
+
+/// Runs `model` under loom with at most `preemptions` preemptions per
+/// execution. Only for models whose exhaustive run does not fit the suite's
+/// time budget; the caller's doc comment must give the bound, the reason and
+/// the iteration count.
+pub fn check_bounded(name: &str, preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
+    run(name, Some(preemptions), model);
+}
+
+fn run(name: &str, bound: Option<usize>, model: impl Fn() + Sync + Send + 'static) {
     quiet_injected_panics();
     let iterations = std::sync::Arc::new(StdAtomicUsize::new(0));
     let counter = std::sync::Arc::clone(&iterations);
     let mut builder = loom::model::Builder::new();
-    // Exhaustive: no preemption bound, whatever the environment says.
-    builder.preemption_bound = None;
+    // Whatever the environment says (LOOM_MAX_PREEMPTIONS), the bound is ours.
+    builder.preemption_bound = bound;
     let started = Instant::now();
     builder.check(move || {
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         model();
     });
+    let bound = bound.map_or("exhaustive".to_owned(), |b| format!("preemption bound {b}"));
     eprintln!(
-        "loom model {name}: {} iterations in {:.2} s (exhaustive)",
+        "loom model {name}: {} iterations in {:.2} s ({bound})",
         iterations.load(std::sync::atomic::Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
