@@ -26,6 +26,7 @@ use crate::sync::{lock, thread, Arc, AtomicBool, Mutex, Ordering};
 /// runs after it is gone.
 ///
 /// ```
+/// # if coalescer::__LOOM_BUILD { return; }
 /// use std::sync::atomic::{AtomicU32, Ordering};
 /// use std::sync::Arc;
 /// use coalescer::blocking::Coalescer;

@@ -24,6 +24,7 @@
 //! the coalescer owns and joins.
 //!
 //! ```
+//! # if coalescer::__LOOM_BUILD { return; }
 //! use coalescer::blocking::Coalescer;
 //!
 //! let coalescer = Coalescer::new(|tenant: &String| {
@@ -52,3 +53,6 @@ pub mod blocking;
 pub use error::{Admission, Closed, RunError};
 pub use panic::PanicReport;
 pub use stats::Stats;
+
+#[doc(hidden)]
+pub use sync::LOOM_BUILD as __LOOM_BUILD;

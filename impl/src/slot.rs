@@ -20,6 +20,12 @@ pub(crate) struct Slot {
     next: Mutex<Option<Arc<Completion>>>,
 }
 
+// The per-key cost of an active key (besides its `Arc` header, the key and
+// the map entry): one word of state and one small mutex. Not checked under
+// loom, whose primitives are larger.
+#[cfg(not(loom))]
+static_assertions::const_assert!(std::mem::size_of::<Slot>() <= 24);
+
 /// What `begin` hands the runner.
 #[derive(Debug)]
 pub(crate) struct Begun {
@@ -80,6 +86,8 @@ impl Slot {
         // writes (INV-4). No Release is needed: nothing reads this word to
         // learn about the runner's writes except `go_idle`'s successors.
         let prev = self.state.fetch_add(state::BEGIN_DELTA, Ordering::Acquire);
+        // One `begin` consumes the pending mark of every request so far: they
+        // are all covered by this one cycle (INV-7).
         let after = state::begin(prev);
         let completion = next.take();
         drop(next);

@@ -37,6 +37,11 @@ pub(crate) use std::thread;
 
 pub(crate) use std::sync::Arc;
 
+/// Whether this is the loom model build (`--cfg loom`), whose primitives work
+/// only inside a loom model. The doc examples check it to skip themselves
+/// there (rustdoc does not see `RUSTFLAGS`, so they cannot use `cfg`).
+pub const LOOM_BUILD: bool = cfg!(loom);
+
 /// A statistics counter: always `std`, always `Relaxed` (see the module doc).
 pub(crate) type StatCounter = std::sync::atomic::AtomicU64;
 
