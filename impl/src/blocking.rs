@@ -6,7 +6,6 @@ use std::hash::{BuildHasher, Hash};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::completion::Outcome;
 use crate::error::{Admission, Closed, RunError};
 use crate::panic::PanicReport;
 use crate::registry::AdmitError;
@@ -199,10 +198,7 @@ where
     pub fn request_and_wait(&self, key: K) -> Result<(), RunError> {
         let (_, completion) = self.admit(key, true)?;
         let completion = completion.expect("admission with wait carries a completion");
-        match completion.wait() {
-            Outcome::Completed => Ok(()),
-            Outcome::Panicked => Err(RunError::Panicked),
-        }
+        completion.wait().into_result()
     }
 
     fn admit(

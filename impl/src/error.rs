@@ -41,6 +41,10 @@ pub enum RunError {
     /// but that cycle panicked. The panic was reported to the panic hook; the
     /// key is not stuck, and later requests start new cycles as usual.
     Panicked,
+    /// The request was accepted, but the async coalescer was dropped without
+    /// `shutdown().await`, which aborts its runners: the covering cycle was
+    /// cancelled at an `.await`, or never began.
+    Aborted,
 }
 
 impl fmt::Display for RunError {
@@ -50,6 +54,10 @@ impl fmt::Display for RunError {
             RunError::Panicked => f.write_str(
                 "the cycle covering this request panicked (reported to the panic hook); \
                  the key is still usable",
+            ),
+            RunError::Aborted => f.write_str(
+                "the coalescer was dropped without shutdown, which aborted the cycle covering \
+                 this request; use `shutdown().await` to drain instead",
             ),
         }
     }

@@ -20,22 +20,36 @@
 //!   goes idle;
 //! - **INV-7** no spurious cycle: every cycle covers at least one request.
 //!
-//! The front end here is [`blocking::Coalescer`], whose runners are threads
-//! the coalescer owns and joins.
+//! Two front ends share one copy of the protocol (state machine, keyed map
+//! with reclamation, runner logic):
+//!
+//! - [`Coalescer`]: async cycles run as tokio tasks in a `JoinSet` the
+//!   coalescer owns; `shutdown().await` drains, `Drop` aborts;
+//! - [`blocking::Coalescer`]: cycles run on threads the coalescer owns and
+//!   joins (`shutdown` and `Drop` both drain).
 //!
 //! ```
 //! # if coalescer::__LOOM_BUILD { return; }
-//! use coalescer::blocking::Coalescer;
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use coalescer::Coalescer;
 //!
-//! let coalescer = Coalescer::new(|tenant: &String| {
+//! let resync = Coalescer::new(|tenant: String| async move {
 //!     // re-sync `tenant`; requests arriving meanwhile coalesce into one re-run
 //!     let _ = tenant;
 //! });
-//! coalescer.request("acme".to_owned()).unwrap();
-//! coalescer.request_and_wait("acme".to_owned()).unwrap();
-//! coalescer.shutdown(); // also done by Drop
-//! assert_eq!(coalescer.active_keys(), 0);
+//! resync.request("acme".to_owned()).unwrap();
+//! resync.request_and_wait("acme".to_owned()).await.unwrap();
+//! resync.shutdown().await;
+//! assert_eq!(resync.active_keys(), 0);
+//! # });
 //! ```
+//!
+//! # Tracing
+//!
+//! Events have target `coalescer`: `debug` events with the messages
+//! `started` (a request started a runner), `coalesced` (a request was folded
+//! into an active runner) and `reclaimed` (an idle key's slot was removed);
+//! an `error` event for a panicking cycle, with the field `panic_message`.
 #![forbid(unsafe_code)]
 
 mod completion;
@@ -48,8 +62,10 @@ mod state;
 mod stats;
 mod sync;
 
+mod asynchronous;
 pub mod blocking;
 
+pub use asynchronous::{Builder, Coalescer, Wait};
 pub use error::{Admission, Closed, RunError};
 pub use panic::PanicReport;
 pub use stats::Stats;

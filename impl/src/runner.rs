@@ -4,14 +4,18 @@
 use std::any::Any;
 use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::future::Future;
 use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use crate::completion::Outcome;
+use crate::completion::{Completion, Outcome};
 use crate::panic::{self, PanicHook, PanicReport};
 use crate::registry::Registry;
 use crate::slot::{Begun, Slot};
 use crate::stats::Counters;
-use crate::sync::Arc;
+use crate::sync::{Arc, BoxFuture};
 
 /// Options shared by every front end's builder.
 pub(crate) struct Options<K, S = RandomState> {
@@ -137,5 +141,80 @@ impl<K: Hash + Eq> Runner<K> {
         } else {
             true
         }
+    }
+
+    /// Tears down a runner that is stopped mid-flight (its task aborted or
+    /// dropped unpolled): the cycle it was running, if any (`current`), and
+    /// the cycle its slot would have begun next both resolve as aborted, and
+    /// the slot is killed and removed so no request is stranded in it.
+    pub(crate) fn abandon<S: BuildHasher + Clone>(
+        &self,
+        core: &Core<K, S>,
+        current: Option<Arc<Completion>>,
+    ) {
+        if let Some(completion) = current {
+            completion.resolve(Outcome::Aborted);
+        }
+        if let Some(next) = self.slot.abandon() {
+            next.resolve(Outcome::Aborted);
+        }
+        core.registry.reclaim(&self.key, &self.slot);
+    }
+}
+
+/// A cycle future whose panics — while polled, or while dropped — are caught.
+///
+/// Resolves to `Err(payload)` if polling panicked or if dropping the finished
+/// future panicked. Dropped before it resolves (its task aborted), it drops
+/// the inner future under `catch_unwind` too and discards any panic.
+pub(crate) struct Contained {
+    cycle: Option<BoxFuture>,
+}
+
+impl Contained {
+    pub(crate) fn new(cycle: BoxFuture) -> Self {
+        Contained { cycle: Some(cycle) }
+    }
+}
+
+impl Future for Contained {
+    type Output = Result<(), Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(cycle) = self.cycle.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let polled = catch_unwind(AssertUnwindSafe(|| cycle.as_mut().poll(cx)));
+        if let Ok(Poll::Pending) = polled {
+            return Poll::Pending;
+        }
+        let finished = self.cycle.take();
+        let dropped = catch_unwind(AssertUnwindSafe(move || drop(finished)));
+        Poll::Ready(match (polled, dropped) {
+            (Ok(_), Ok(())) => Ok(()),
+            (Err(payload), Ok(())) | (Ok(_), Err(payload)) => Err(payload),
+            (Err(payload), Err(again)) => {
+                panic::dispose(again);
+                Err(payload)
+            }
+        })
+    }
+}
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        if let Some(cycle) = self.cycle.take() {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(cycle))) {
+                panic::dispose(payload);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Contained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Contained")
+            .field("running", &self.cycle.is_some())
+            .finish()
     }
 }

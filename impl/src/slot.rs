@@ -113,4 +113,19 @@ impl Slot {
             .compare_exchange(from, to, Ordering::Release, Ordering::Relaxed)
             .is_ok()
     }
+
+    /// Kills the slot of a runner that is being torn down mid-flight (its
+    /// async task was aborted, or dropped before it ran): clears `RUNNING`
+    /// unconditionally and hands back the completion registered for the next
+    /// cycle, which will never begin. Done under the `next` lock, so a waiter
+    /// either registered before (and gets that completion's outcome) or sees
+    /// the slot dead and goes to a fresh slot.
+    pub(crate) fn abandon(&self) -> Option<Arc<Completion>> {
+        let mut next = lock(&self.next);
+        // ORDERING: Release pairs with the Acquire half of `request`'s
+        // `fetch_or`, as `go_idle`'s success does: a requester that finds the
+        // slot dead starts the next runner after everything this one did.
+        self.state.fetch_and(!state::RUNNING, Ordering::Release);
+        next.take()
+    }
 }

@@ -71,3 +71,148 @@ pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<
     cv.wait(guard)
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// A boxed runner future: what the async front end hands its task set.
+pub(crate) type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+#[cfg(not(loom))]
+pub(crate) use self::tokio_tasks::{Handle, TaskSet};
+#[cfg(loom)]
+pub(crate) use self::loom_tasks::{Handle, TaskSet};
+
+/// The async front end's runners as tokio tasks in a `JoinSet` the
+/// coalescer owns.
+#[cfg(not(loom))]
+mod tokio_tasks {
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use tokio::task::JoinSet;
+
+    use super::{lock, BoxFuture};
+
+    pub(crate) use tokio::runtime::Handle;
+
+    /// Runner tasks. Finished tasks are reaped whenever a new one is spawned.
+    #[derive(Debug)]
+    pub(crate) struct TaskSet {
+        handle: Handle,
+        /// Guarded by this mutex, which is never held across an `.await`.
+        set: Mutex<JoinSet<()>>,
+        /// Every task polling [`TaskSet::poll_drained`]: `JoinSet` keeps only
+        /// the latest poller's waker, so it is given this one, which wakes
+        /// them all.
+        drainers: Arc<FanOut>,
+    }
+
+    #[derive(Debug, Default)]
+    struct FanOut(Mutex<Vec<Waker>>);
+
+    impl Wake for FanOut {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            for waker in std::mem::take(&mut *lock(&self.0)) {
+                waker.wake();
+            }
+        }
+    }
+
+    impl TaskSet {
+        pub(crate) fn new(handle: Handle) -> Self {
+            TaskSet {
+                handle,
+                set: Mutex::new(JoinSet::new()),
+                drainers: Arc::default(),
+            }
+        }
+
+        pub(crate) fn spawn(&self, task: BoxFuture) {
+            let mut set = lock(&self.set);
+            while set.try_join_next().is_some() {}
+            set.spawn_on(task, &self.handle);
+        }
+
+        /// Ready once every task in the set has ended (joined or aborted).
+        pub(crate) fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()> {
+            let mut set = lock(&self.set);
+            {
+                let mut drainers = lock(&self.drainers.0);
+                if !drainers.iter().any(|w| w.will_wake(cx.waker())) {
+                    drainers.push(cx.waker().clone());
+                }
+            }
+            let fan_out = Waker::from(Arc::clone(&self.drainers));
+            let mut fan_out = Context::from_waker(&fan_out);
+            loop {
+                match set.poll_join_next(&mut fan_out) {
+                    Poll::Ready(Some(_)) => continue,
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
+
+        /// Aborts every task: each is cancelled at its next `.await`.
+        pub(crate) fn abort_all(&self) {
+            lock(&self.set).abort_all();
+        }
+    }
+}
+
+/// Under loom, tokio is out of the build: each runner future is driven by
+/// `loom::future::block_on` on a loom thread — the same runner loop, on
+/// loom's scheduler.
+#[cfg(loom)]
+mod loom_tasks {
+    use std::task::{Context, Poll};
+
+    use super::{lock, thread, BoxFuture, Mutex};
+
+    /// Stands in for a runtime handle: loom threads need none.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Handle;
+
+    impl Handle {
+        pub(crate) fn current() -> Self {
+            Handle
+        }
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct TaskSet {
+        threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    }
+
+    impl TaskSet {
+        pub(crate) fn new(_: Handle) -> Self {
+            TaskSet {
+                threads: Mutex::new(Vec::new()),
+            }
+        }
+
+        pub(crate) fn spawn(&self, task: BoxFuture) {
+            let handle = thread::spawn(move || loom::future::block_on(task));
+            lock(&self.threads).push(handle);
+        }
+
+        /// Joins every thread (blocking the loom thread that polls).
+        pub(crate) fn poll_drained(&self, _: &mut Context<'_>) -> Poll<()> {
+            loop {
+                let threads = std::mem::take(&mut *lock(&self.threads));
+                if threads.is_empty() {
+                    return Poll::Ready(());
+                }
+                for t in threads {
+                    let _ = t.join();
+                }
+            }
+        }
+
+        /// Loom threads cannot be cancelled; the runner loop's abort flag
+        /// keeps them from beginning another cycle.
+        pub(crate) fn abort_all(&self) {}
+    }
+}

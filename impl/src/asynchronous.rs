@@ -1,0 +1,401 @@
+//! The async front end: runners are tokio tasks in a `JoinSet` the coalescer
+//! owns (under loom: the same runner loop on loom threads).
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::completion::Completion;
+use crate::error::{Admission, Closed, RunError};
+use crate::panic::PanicReport;
+use crate::registry::AdmitError;
+use crate::runner::{Contained, Core, Options, Runner};
+use crate::stats::Stats;
+use crate::sync::{Arc, AtomicBool, BoxFuture, Handle, Ordering, TaskSet};
+
+/// A per-key coalescer whose cycles are async and run as tasks it owns.
+///
+/// For each key, at most one cycle runs at a time; a request while the key's
+/// cycle runs is folded into one follow-up cycle that begins after it; keys
+/// never wait for each other. See the crate docs and `docs/invariants.md`.
+///
+/// # Shutdown and drop
+///
+/// - [`shutdown().await`](Coalescer::shutdown) is the graceful path: it
+///   closes the coalescer and waits until every accepted request is covered
+///   by a finished cycle and every runner task has ended.
+/// - Dropping the coalescer without `shutdown` closes it and **aborts** its
+///   runner tasks: a running cycle is cancelled at its next `.await`, no
+///   runner begins another cycle once it sees the abort, and every
+///   `request_and_wait` still waiting gets [`RunError::Aborted`].
+///
+/// ```
+/// # if coalescer::__LOOM_BUILD { return; }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use coalescer::Coalescer;
+///
+/// let restarts = Coalescer::new(|workspace: u64| async move {
+///     // restart the workspace's services here
+///     let _ = workspace;
+/// });
+/// restarts.request(7).unwrap(); // returns at once
+/// restarts.request_and_wait(7).await.unwrap(); // a restart that began after this call ended
+/// restarts.shutdown().await;
+/// # });
+/// ```
+pub struct Coalescer<K, S = RandomState> {
+    inner: Arc<Inner<K, S>>,
+}
+
+type Cycle<K> = Box<dyn Fn(K) -> BoxFuture + Send + Sync>;
+
+struct Inner<K, S> {
+    core: Core<K, S>,
+    cycle: Cycle<K>,
+    tasks: TaskSet,
+    /// Set by `Drop` (after closing): runners that see it begin no further
+    /// cycle and resolve their waiters as aborted.
+    aborted: AtomicBool,
+}
+
+/// Builds a [`Coalescer`] with options.
+pub struct Builder<K, S = RandomState> {
+    options: Options<K, S>,
+    handle: Option<Handle>,
+}
+
+impl<K> Builder<K> {
+    /// A builder with the defaults: the current tokio runtime, panics
+    /// reported as a `tracing` error event, `RandomState` hashing, four map
+    /// shards per core.
+    pub fn new() -> Self {
+        Builder {
+            options: Options::new(),
+            handle: None,
+        }
+    }
+}
+
+impl<K> Default for Builder<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, S> Builder<K, S> {
+    /// Runs the runner tasks on `handle`'s runtime instead of the current one.
+    #[cfg(not(loom))]
+    #[must_use]
+    pub fn handle(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.handle = Some(handle);
+        self
+    }
+
+    /// Replaces the panic hook. It is called exactly once for every cycle
+    /// that panics — when the cycle function is called, while its future is
+    /// polled, or while the finished future is dropped — on the runner task,
+    /// after the panic was caught. A panic inside the hook is discarded.
+    #[must_use]
+    pub fn panic_hook(self, hook: impl Fn(&PanicReport<'_, K>) + Send + Sync + 'static) -> Self {
+        Builder {
+            options: self.options.panic_hook(hook),
+            handle: self.handle,
+        }
+    }
+
+    /// Replaces the hasher that places keys in the map (the default,
+    /// `RandomState`, resists hash flooding).
+    #[must_use]
+    pub fn hasher<S2: BuildHasher + Clone>(self, hasher: S2) -> Builder<K, S2> {
+        Builder {
+            options: self.options.hasher(hasher),
+            handle: self.handle,
+        }
+    }
+
+    /// Sets the number of map shards (rounded up to a power of two, at
+    /// least 1).
+    #[must_use]
+    pub fn shards(self, shards: usize) -> Self {
+        Builder {
+            options: self.options.shards(shards),
+            handle: self.handle,
+        }
+    }
+
+    /// Builds the coalescer; `cycle(key)` is called, and its future awaited,
+    /// each time a cycle of `key` begins.
+    ///
+    /// # Panics
+    ///
+    /// Without [`handle`](Builder::handle), if called outside a tokio
+    /// runtime (as `tokio::spawn` would).
+    pub fn build<F, Fut>(self, cycle: F) -> Coalescer<K, S>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        S: BuildHasher + Clone + Send + Sync + 'static,
+        F: Fn(K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handle = self.handle.unwrap_or_else(Handle::current);
+        Coalescer {
+            inner: Arc::new(Inner {
+                core: Core::new(self.options),
+                cycle: Box::new(move |key| Box::pin(cycle(key))),
+                tasks: TaskSet::new(handle),
+                aborted: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl<K, S: fmt::Debug> fmt::Debug for Builder<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("options", &self.options)
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+impl<K> Coalescer<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// A coalescer on the current tokio runtime with the default options;
+    /// `cycle(key)` is called, and its future awaited, each time a cycle of
+    /// `key` begins.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime; use [`Builder::handle`] there.
+    pub fn new<F, Fut>(cycle: F) -> Self
+    where
+        F: Fn(K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Builder::new().build(cycle)
+    }
+
+    /// A builder, for options.
+    pub fn builder() -> Builder<K> {
+        Builder::new()
+    }
+}
+
+impl<K, S> Coalescer<K, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    /// Requests a cycle of `key` and returns at once: never waits, never
+    /// awaits, and may be called from any thread, inside the runtime or not.
+    ///
+    /// If the key is idle this starts its runner task
+    /// ([`Admission::Started`]); if its runner is active, the request is
+    /// folded into the one cycle that runner begins next
+    /// ([`Admission::Coalesced`]). Everything this thread did before the call
+    /// happens-before the cycle that covers the request.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] once shutdown (or drop) has begun; the request is then not
+    /// recorded.
+    pub fn request(&self, key: K) -> Result<Admission, Closed> {
+        self.admit(key, false).map(|(admission, _)| admission)
+    }
+
+    /// Requests a cycle of `key`; the returned future resolves once a cycle
+    /// that began after this request was accepted has ended.
+    ///
+    /// The request is made **when this method is called**, not when the
+    /// future is first polled: the future only waits for the outcome.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future never cancels or loses the request: it
+    /// was already accepted (or rejected) by the call, and its covering cycle
+    /// runs whether anyone awaits it or not.
+    ///
+    /// # Errors
+    ///
+    /// The future resolves to [`RunError::Closed`] if the request was
+    /// rejected, [`RunError::Panicked`] if the covering cycle panicked, and
+    /// [`RunError::Aborted`] if the coalescer was dropped without `shutdown`
+    /// before the covering cycle ended.
+    pub fn request_and_wait(&self, key: K) -> Wait {
+        Wait {
+            completion: self
+                .admit(key, true)
+                .map(|(_, c)| c.expect("admission with wait carries a completion")),
+        }
+    }
+
+    fn admit(&self, key: K, wait: bool) -> Result<(Admission, Option<Arc<Completion>>), Closed> {
+        let inner = &self.inner;
+        let admitted = inner
+            .core
+            .registry
+            .admit(key, wait, &inner.core.counters, |key, slot| {
+                let guard = Abandon {
+                    inner: Arc::clone(inner),
+                    runner: Runner::new(key.clone(), Arc::clone(slot)),
+                    current: None,
+                    armed: true,
+                };
+                inner.tasks.spawn(Box::pin(run(guard)));
+                Ok::<(), std::convert::Infallible>(())
+            });
+        match admitted {
+            Ok(a) => {
+                let admission = if a.started {
+                    Admission::Started
+                } else {
+                    Admission::Coalesced
+                };
+                Ok((admission, a.completion))
+            }
+            Err(AdmitError::Closed) => Err(Closed),
+            Err(AdmitError::Start(e)) => match e {},
+        }
+    }
+
+    /// Closes the coalescer and drains it: every later request is rejected
+    /// with [`Closed`], and this resolves only when every request accepted
+    /// before the close is covered by a cycle that has ended and every runner
+    /// task has ended. Idempotent; concurrent callers all wait for the drain.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping this future stops waiting, nothing else: the coalescer stays
+    /// closed, and the runners go on draining.
+    pub async fn shutdown(&self) {
+        self.inner.core.registry.close();
+        poll_fn(|cx| self.inner.tasks.poll_drained(cx)).await;
+    }
+
+    /// The number of keys with a running or pending cycle; 0 once quiescent.
+    pub fn active_keys(&self) -> usize {
+        self.inner.core.registry.active_keys()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.core.counters.snapshot()
+    }
+}
+
+impl<K, S> Drop for Coalescer<K, S> {
+    /// Closes the coalescer and aborts its runner tasks; see the type docs.
+    fn drop(&mut self) {
+        self.inner.core.registry.close();
+        // ORDERING: Release pairs with the Acquire load at the top of the
+        // runner loop. No data rides on it; the pairing only makes "the
+        // runner saw the abort" mean "after the close".
+        self.inner.aborted.store(true, Ordering::Release);
+        self.inner.tasks.abort_all();
+    }
+}
+
+impl<K, S> fmt::Debug for Coalescer<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coalescer")
+            .field("stats", &self.inner.core.counters.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A runner task's state. If the task is dropped before the runner went idle
+/// — aborted by the coalescer's `Drop`, or dropped unpolled by a runtime
+/// that is shutting down — `Drop` abandons the slot, so no waiter and no
+/// request is stranded in it.
+struct Abandon<K: Hash + Eq, S: BuildHasher + Clone> {
+    inner: Arc<Inner<K, S>>,
+    runner: Runner<K>,
+    /// The completion of the cycle running now, if anyone waits for it.
+    current: Option<Arc<Completion>>,
+    /// Cleared when the runner went idle normally.
+    armed: bool,
+}
+
+impl<K: Hash + Eq, S: BuildHasher + Clone> Drop for Abandon<K, S> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.runner
+                .abandon(&self.inner.core, self.current.take());
+        }
+    }
+}
+
+/// The async runner loop: the same protocol as the blocking runner, with the
+/// cycle awaited under panic containment.
+async fn run<K, S>(mut this: Abandon<K, S>)
+where
+    K: Hash + Eq + Clone,
+    S: BuildHasher + Clone,
+{
+    loop {
+        // ORDERING: Acquire pairs with the Release store in `Coalescer::drop`.
+        if this.inner.aborted.load(Ordering::Acquire) {
+            return; // `this` abandons the slot
+        }
+        let begun = this.runner.begin();
+        this.current.clone_from(&begun.completion);
+        let cycle = catch_unwind(AssertUnwindSafe(|| {
+            (this.inner.cycle)(this.runner.key.clone())
+        }));
+        let result = match cycle {
+            Ok(cycle) => Contained::new(cycle).await,
+            Err(payload) => Err(payload),
+        };
+        this.current = None;
+        if !this.runner.end(&this.inner.core, begun, result) {
+            this.armed = false;
+            return;
+        }
+    }
+}
+
+/// The future returned by [`Coalescer::request_and_wait`]: resolves when the
+/// cycle covering the request has ended. The request was made when the
+/// method was called; dropping this future does not cancel it.
+#[must_use = "the request is made either way; await this to learn how its cycle ended"]
+pub struct Wait {
+    completion: Result<Arc<Completion>, Closed>,
+}
+
+impl Future for Wait {
+    type Output = Result<(), RunError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &self.completion {
+            Err(Closed) => Poll::Ready(Err(RunError::Closed)),
+            Ok(completion) => completion.poll_wait(cx).map(|o| o.into_result()),
+        }
+    }
+}
+
+impl fmt::Debug for Wait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wait")
+            .field("accepted", &self.completion.is_ok())
+            .finish()
+    }
+}
+
+static_assertions::assert_impl_all!(Coalescer<u64>: Send, Sync);
+static_assertions::assert_impl_all!(Coalescer<String>: Send, Sync);
+static_assertions::assert_impl_all!(Wait: Send, Sync, Unpin);
+
+/// The futures users hold across `.await`s in multi-threaded runtimes must be
+/// `Send`: checked at compile time.
+#[allow(dead_code, reason = "compile-time check only")]
+fn futures_are_send(c: &Coalescer<String>) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(c.shutdown());
+    is_send(c.request_and_wait(String::new()));
+}
