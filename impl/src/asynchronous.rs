@@ -325,8 +325,7 @@ struct Abandon<K: Hash + Eq, S: BuildHasher + Clone> {
 impl<K: Hash + Eq, S: BuildHasher + Clone> Drop for Abandon<K, S> {
     fn drop(&mut self) {
         if self.armed {
-            self.runner
-                .abandon(&self.inner.core, self.current.take());
+            self.runner.abandon(&self.inner.core, self.current.take());
         }
     }
 }

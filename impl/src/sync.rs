@@ -75,10 +75,10 @@ pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<
 /// A boxed runner future: what the async front end hands its task set.
 pub(crate) type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-#[cfg(not(loom))]
-pub(crate) use self::tokio_tasks::{Handle, TaskSet};
 #[cfg(loom)]
 pub(crate) use self::loom_tasks::{Handle, TaskSet};
+#[cfg(not(loom))]
+pub(crate) use self::tokio_tasks::{Handle, TaskSet};
 
 /// The async front end's runners as tokio tasks in a `JoinSet` the
 /// coalescer owns.

@@ -149,7 +149,11 @@ async fn a_request_during_a_cycle_is_picked_up_by_a_later_cycle() {
     let release = Arc::new(Notify::new());
     let first = Arc::new(AtomicU32::new(0));
     let c = {
-        let (version, seen, release) = (Arc::clone(&version), Arc::clone(&seen), Arc::clone(&release));
+        let (version, seen, release) = (
+            Arc::clone(&version),
+            Arc::clone(&seen),
+            Arc::clone(&release),
+        );
         Coalescer::new(move |_: u32| {
             seen.store(version.load(SeqCst), SeqCst);
             let is_first = first.fetch_add(1, SeqCst) == 0;
@@ -222,16 +226,29 @@ async fn panics_before_after_an_await_and_in_drop_are_contained() {
             }
         });
     for key in 0..4 {
-        assert_eq!(c.request_and_wait(key).await, Err(RunError::Panicked), "key {key}");
+        assert_eq!(
+            c.request_and_wait(key).await,
+            Err(RunError::Panicked),
+            "key {key}"
+        );
         // Not stuck: the key runs again.
-        assert_eq!(c.request_and_wait(key).await, Err(RunError::Panicked), "key {key}");
+        assert_eq!(
+            c.request_and_wait(key).await,
+            Err(RunError::Panicked),
+            "key {key}"
+        );
     }
     assert_eq!(c.request_and_wait(4).await, Ok(()));
     c.shutdown().await;
     let mut reports = reports.lock().unwrap().clone();
     reports.sort();
     let expected: Vec<_> = (0..4)
-        .flat_map(|k| [(k, Some(INJECTED.to_owned())), (k, Some(INJECTED.to_owned()))])
+        .flat_map(|k| {
+            [
+                (k, Some(INJECTED.to_owned())),
+                (k, Some(INJECTED.to_owned())),
+            ]
+        })
         .collect();
     assert_eq!(reports, expected, "each panic reported exactly once");
     assert_eq!(c.stats().panics, 8);
@@ -244,16 +261,23 @@ async fn shutdown_waits_for_a_blocked_then_panicking_cycle() {
     let finished = Arc::new(AtomicU32::new(0));
     let c = {
         let (release, finished) = (Arc::clone(&release), Arc::clone(&finished));
-        Arc::new(Coalescer::builder().panic_hook(|_| {}).build(move |_: u32| {
-            let (started_tx, release, finished) =
-                (started_tx.clone(), Arc::clone(&release), Arc::clone(&finished));
-            async move {
-                started_tx.send(()).unwrap();
-                release.notified().await;
-                finished.store(1, SeqCst);
-                std::panic::panic_any(INJECTED);
-            }
-        }))
+        Arc::new(
+            Coalescer::builder()
+                .panic_hook(|_| {})
+                .build(move |_: u32| {
+                    let (started_tx, release, finished) = (
+                        started_tx.clone(),
+                        Arc::clone(&release),
+                        Arc::clone(&finished),
+                    );
+                    async move {
+                        started_tx.send(()).unwrap();
+                        release.notified().await;
+                        finished.store(1, SeqCst);
+                        std::panic::panic_any(INJECTED);
+                    }
+                }),
+        )
     };
     c.request(1).unwrap();
     started.recv().await.unwrap();
@@ -294,17 +318,19 @@ async fn a_request_during_a_panicking_cycle_gets_its_follow_up() {
     let release = Arc::new(Notify::new());
     let c = {
         let (count, release) = (Arc::clone(&count), Arc::clone(&release));
-        Coalescer::builder().panic_hook(|_| {}).build(move |_: u32| {
-            let first = count.fetch_add(1, SeqCst) == 0;
-            let (started_tx, release) = (started_tx.clone(), Arc::clone(&release));
-            async move {
-                if first {
-                    started_tx.send(()).unwrap();
-                    release.notified().await;
-                    std::panic::panic_any(INJECTED);
+        Coalescer::builder()
+            .panic_hook(|_| {})
+            .build(move |_: u32| {
+                let first = count.fetch_add(1, SeqCst) == 0;
+                let (started_tx, release) = (started_tx.clone(), Arc::clone(&release));
+                async move {
+                    if first {
+                        started_tx.send(()).unwrap();
+                        release.notified().await;
+                        std::panic::panic_any(INJECTED);
+                    }
                 }
-            }
-        })
+            })
     };
     c.request(1).unwrap();
     started.recv().await.unwrap();
@@ -340,7 +366,11 @@ async fn an_abandoned_request_and_wait_does_not_cancel_its_request() {
     drop(c.request_and_wait(5));
     release.notify_one();
     c.shutdown().await;
-    assert_eq!(count.load(SeqCst), 2, "the abandoned request's cycle did not run");
+    assert_eq!(
+        count.load(SeqCst),
+        2,
+        "the abandoned request's cycle did not run"
+    );
 }
 
 async fn drop_without_shutdown_aborts_and_waiters_get_an_error() {

@@ -175,6 +175,22 @@ impl Env {
         self.log.lock().unwrap().clone()
     }
 
+    /// What the panic hook does: counts injected panics, keeps the message of
+    /// any other.
+    fn hook(&self, message: Option<&str>) {
+        match message {
+            Some(INJECTED) => {
+                self.reported
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            other => self
+                .unexpected
+                .lock()
+                .unwrap()
+                .push(other.unwrap_or("<non-string payload>").to_owned()),
+        }
+    }
+
     /// Ends a model: fails it if any cycle panicked other than on purpose.
     pub fn done(&self) {
         let unexpected = self.unexpected.lock().unwrap();
@@ -209,18 +225,7 @@ pub fn builder(env: &Arc<Env>) -> Builder<u8, Fixed> {
     Builder::new()
         .hasher(Fixed::default())
         .shards(1)
-        .panic_hook(move |report| match report.message() {
-            Some(INJECTED) => {
-                hooked
-                    .reported
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            other => hooked
-                .unexpected
-                .lock()
-                .unwrap()
-                .push(other.unwrap_or("<non-string payload>").to_owned()),
-        })
+        .panic_hook(move |report| hooked.hook(report.message()))
 }
 
 /// A coalescer whose cycle is `env.cycle()` followed by `after(n, key)`.
@@ -233,4 +238,24 @@ pub fn coalescer(
         let n = cycles.cycle();
         after(n, *key);
     })
+}
+
+/// An async coalescer (the tokio front end's code, on loom threads) whose
+/// cycle runs `env.cycle()` and then `after(n, key)` when the cycle function
+/// is called, and returns a ready future.
+pub fn async_coalescer(
+    env: &Arc<Env>,
+    after: impl Fn(usize, u8) + Send + Sync + 'static,
+) -> coalescer::Coalescer<u8, Fixed> {
+    let hooked = Arc::clone(env);
+    let cycles = Arc::clone(env);
+    coalescer::Coalescer::builder()
+        .hasher(Fixed::default())
+        .shards(1)
+        .panic_hook(move |report| hooked.hook(report.message()))
+        .build(move |key: u8| {
+            let n = cycles.cycle();
+            after(n, key);
+            std::future::ready(())
+        })
 }
