@@ -398,3 +398,28 @@ fn futures_are_send(c: &Coalescer<String>) {
     is_send(c.shutdown());
     is_send(c.request_and_wait(String::new()));
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Coalescer;
+
+    /// Finished runner tasks are reaped: the join set holds live runners,
+    /// not one task per key ever started; after shutdown it is empty.
+    #[test]
+    fn finished_runner_tasks_are_reaped() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = Coalescer::new(|_: u32| async {});
+            for key in 0..2_000 {
+                c.request_and_wait(key).await.unwrap();
+            }
+            let held = c.inner.tasks.len();
+            assert!(held < 2_000, "{held} tasks kept for 2000 finished runners");
+            c.shutdown().await;
+            assert_eq!(c.inner.tasks.len(), 0);
+            assert_eq!(c.active_keys(), 0);
+        });
+    }
+}

@@ -159,6 +159,12 @@ mod tokio_tasks {
         pub(crate) fn abort_all(&self) {
             lock(&self.set).abort_all();
         }
+
+        /// Tasks in the set, finished or not (for tests of reaping).
+        #[cfg(test)]
+        pub(crate) fn len(&self) -> usize {
+            lock(&self.set).len()
+        }
     }
 }
 

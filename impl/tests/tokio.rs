@@ -72,12 +72,14 @@ fn quiet_injected_panics() {
     });
 }
 
-/// A counting cycle whose first cycle announces itself and then waits for
-/// the test to release it.
+type BoxCycle = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A counting cycle whose first cycle announces itself (on the receiver) and
+/// then waits for the test to release it (through the `Notify`).
 fn held_first_cycle(
     count: &Arc<AtomicU32>,
 ) -> (
-    impl Fn(u32) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static,
+    impl Fn(u32) -> BoxCycle + Send + Sync + 'static,
     mpsc::UnboundedReceiver<()>,
     Arc<Notify>,
 ) {
@@ -92,7 +94,7 @@ fn held_first_cycle(
                 started_tx.send(()).unwrap();
                 held.notified().await;
             }
-        }) as Pin<Box<dyn Future<Output = ()> + Send>>
+        }) as BoxCycle
     };
     (cycle, started, release)
 }
@@ -213,7 +215,7 @@ async fn panics_before_after_an_await_and_in_drop_are_contained() {
                 .unwrap()
                 .push((*r.key(), r.message().map(str::to_owned)));
         })
-        .build(|key: u32| -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        .build(|key: u32| -> BoxCycle {
             match key {
                 0 => std::panic::panic_any(INJECTED), // calling the cycle panics
                 1 => Box::pin(async { std::panic::panic_any(INJECTED) }), // before an await
