@@ -35,7 +35,7 @@ use crate::sync::{Arc, AtomicBool, BoxFuture, Handle, Ordering, TaskSet};
 ///
 /// ```
 /// # if coalescer::__LOOM_BUILD { return; }
-/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// # coalescer::__doc_block_on(async {
 /// use coalescer::Coalescer;
 ///
 /// let restarts = Coalescer::new(|workspace: u64| async move {
@@ -88,7 +88,7 @@ impl<K> Default for Builder<K> {
 
 impl<K, S> Builder<K, S> {
     /// Runs the runner tasks on `handle`'s runtime instead of the current one.
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, doctest)))]
     #[must_use]
     pub fn handle(mut self, handle: tokio::runtime::Handle) -> Self {
         self.handle = Some(handle);

@@ -30,7 +30,7 @@
 //!
 //! ```
 //! # if coalescer::__LOOM_BUILD { return; }
-//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! # coalescer::__doc_block_on(async {
 //! use coalescer::Coalescer;
 //!
 //! let resync = Coalescer::new(|tenant: String| async move {
@@ -71,4 +71,4 @@ pub use panic::PanicReport;
 pub use stats::Stats;
 
 #[doc(hidden)]
-pub use sync::LOOM_BUILD as __LOOM_BUILD;
+pub use sync::{doc_block_on as __doc_block_on, LOOM_BUILD as __LOOM_BUILD};

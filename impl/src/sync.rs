@@ -75,14 +75,69 @@ pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<
 /// A boxed runner future: what the async front end hands its task set.
 pub(crate) type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+// Three task sets: tokio's (the real build), loom threads (`--cfg loom`), and
+// a type-only stand-in for rustdoc's doctest collection. rustdoc collects
+// doc examples from its own parse of the crate, which sees neither
+// `--cfg loom` (it does not read RUSTFLAGS) nor, in the loom build, tokio; the
+// stand-in lets that parse resolve. It is never compiled into the library:
+// the examples link against the real one.
+#[cfg(all(doctest, not(loom)))]
+pub(crate) use self::doctest_tasks::{Handle, TaskSet};
 #[cfg(loom)]
 pub(crate) use self::loom_tasks::{Handle, TaskSet};
-#[cfg(not(loom))]
+#[cfg(not(any(loom, doctest)))]
 pub(crate) use self::tokio_tasks::{Handle, TaskSet};
+
+/// Runs `future` on a new current-thread tokio runtime. For the doc
+/// examples, which cannot name tokio themselves (the loom build has none).
+#[cfg(not(any(loom, doctest)))]
+pub fn doc_block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime for a doc example")
+        .block_on(future)
+}
+
+/// Under loom the doc examples return before calling this.
+#[cfg(any(loom, doctest))]
+pub fn doc_block_on<F: std::future::Future>(_: F) -> F::Output {
+    unreachable!("doc examples do not run in the loom build")
+}
+
+#[cfg(all(doctest, not(loom)))]
+mod doctest_tasks {
+    use std::task::{Context, Poll};
+
+    use super::BoxFuture;
+
+    #[derive(Debug, Clone)]
+    pub(crate) struct Handle;
+
+    impl Handle {
+        pub(crate) fn current() -> Self {
+            unreachable!("type-only stand-in for doctest collection")
+        }
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct TaskSet;
+
+    impl TaskSet {
+        pub(crate) fn new(_: Handle) -> Self {
+            TaskSet
+        }
+        pub(crate) fn spawn(&self, _: BoxFuture) {}
+        pub(crate) fn poll_drained(&self, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Ready(())
+        }
+        pub(crate) fn abort_all(&self) {}
+    }
+}
 
 /// The async front end's runners as tokio tasks in a `JoinSet` the
 /// coalescer owns.
-#[cfg(not(loom))]
+#[cfg(not(any(loom, doctest)))]
 mod tokio_tasks {
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll, Wake, Waker};
