@@ -52,6 +52,7 @@ impl Counters {
 
     /// Reads every counter.
     pub(crate) fn snapshot(&self) -> Stats {
+        // ORDERING: Relaxed loads, statistics only; pair with nothing.
         Stats {
             requests: self.requests.load(Relaxed),
             started: self.started.load(Relaxed),
