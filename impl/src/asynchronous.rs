@@ -251,14 +251,7 @@ where
                 Ok::<(), std::convert::Infallible>(())
             });
         match admitted {
-            Ok(a) => {
-                let admission = if a.started {
-                    Admission::Started
-                } else {
-                    Admission::Coalesced
-                };
-                Ok((admission, a.completion))
-            }
+            Ok(a) => Ok((a.admission, a.completion)),
             Err(AdmitError::Closed) => Err(Closed),
             Err(AdmitError::Start(e)) => match e {},
         }

@@ -216,14 +216,7 @@ where
                 inner.threads.spawn(move || owner.run(runner))
             });
         match admitted {
-            Ok(a) => {
-                let admission = if a.started {
-                    Admission::Started
-                } else {
-                    Admission::Coalesced
-                };
-                Ok((admission, a.completion))
-            }
+            Ok(a) => Ok((a.admission, a.completion)),
             Err(AdmitError::Closed) => Err(Closed),
             Err(AdmitError::Start(e)) => {
                 panic!("coalescer: failed to start a runner thread: {e}")

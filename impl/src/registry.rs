@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
 use crate::completion::Completion;
+use crate::error::Admission;
 use crate::slot::Slot;
 use crate::state::Requested;
 use crate::stats::Counters;
@@ -35,8 +36,8 @@ pub(crate) struct Registry<K, S> {
 /// An accepted request.
 #[derive(Debug)]
 pub(crate) struct Admitted {
-    /// Whether this request started a runner.
-    pub(crate) started: bool,
+    /// Whether this request started a runner or joined an active one.
+    pub(crate) admission: Admission,
     /// The covering cycle's completion, if the request asked to wait.
     pub(crate) completion: Option<Arc<Completion>>,
 }
@@ -103,38 +104,21 @@ where
         {
             let map = read(shard);
             if self.is_closed() {
-                drop(map);
-                Counters::bump(&counters.rejected);
-                return Err(AdmitError::Closed);
+                return Err(rejected(counters));
             }
-            if let Some(slot) = map.get(&key) {
-                if let Some(admitted) = join_live(slot, wait) {
-                    drop(map);
-                    Counters::bump(&counters.requests);
-                    Counters::bump(&counters.coalesced);
-                    tracing::debug!(target: "coalescer", "coalesced");
-                    return Ok(admitted);
-                }
+            if let Some(admitted) = map.get(&key).and_then(|slot| join_live(slot, wait)) {
+                return Ok(coalesced(counters, admitted));
             }
         }
         // Slow path: no slot, or a dead one. Under the write lock nobody else
         // can create or remove this key's slot.
         let mut map = write(shard);
         if self.is_closed() {
-            drop(map);
-            Counters::bump(&counters.rejected);
-            return Err(AdmitError::Closed);
+            return Err(rejected(counters));
         }
-        if let Some(slot) = map.get(&key) {
-            // Someone created a fresh slot since we looked, or the old one is
-            // still live after all.
-            if let Some(admitted) = join_live(slot, wait) {
-                drop(map);
-                Counters::bump(&counters.requests);
-                Counters::bump(&counters.coalesced);
-                tracing::debug!(target: "coalescer", "coalesced");
-                return Ok(admitted);
-            }
+        // Someone may have created a fresh slot since we looked.
+        if let Some(admitted) = map.get(&key).and_then(|slot| join_live(slot, wait)) {
+            return Ok(coalesced(counters, admitted));
         }
         // The key is idle (no slot, or a dead slot its runner has not removed
         // yet): create its slot, replacing any dead one.
@@ -155,7 +139,7 @@ where
         Counters::bump(&counters.started);
         tracing::debug!(target: "coalescer", "started");
         Ok(Admitted {
-            started: true,
+            admission: Admission::Started,
             completion,
         })
     }
@@ -205,6 +189,20 @@ impl<K, S> Registry<K, S> {
     }
 }
 
+/// Counts a rejected request.
+fn rejected<E>(counters: &Counters) -> AdmitError<E> {
+    Counters::bump(&counters.rejected);
+    AdmitError::Closed
+}
+
+/// Counts a request folded into an active runner.
+fn coalesced(counters: &Counters, admitted: Admitted) -> Admitted {
+    Counters::bump(&counters.requests);
+    Counters::bump(&counters.coalesced);
+    tracing::debug!(target: "coalescer", "coalesced");
+    admitted
+}
+
 /// Folds a request into `slot` if it is live.
 fn join_live(slot: &Slot, wait: bool) -> Option<Admitted> {
     let completion = if wait {
@@ -216,7 +214,7 @@ fn join_live(slot: &Slot, wait: bool) -> Option<Admitted> {
         }
     };
     Some(Admitted {
-        started: false,
+        admission: Admission::Coalesced,
         completion,
     })
 }
