@@ -259,3 +259,21 @@ pub fn async_coalescer(
             std::future::ready(())
         })
 }
+
+/// Spawns requester 0: it publishes its write, then makes its request with
+/// `request(&c)` and returns the result.
+pub fn spawn_requester<C, R>(
+    c: &Arc<C>,
+    env: &Arc<Env>,
+    request: impl FnOnce(&C) -> R + Send + 'static,
+) -> loom::thread::JoinHandle<R>
+where
+    C: Send + Sync + 'static,
+    R: Send + 'static,
+{
+    let (c, env) = (Arc::clone(c), Arc::clone(env));
+    loom::thread::spawn(move || {
+        env.write(0);
+        request(&c)
+    })
+}

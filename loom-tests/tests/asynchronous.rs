@@ -4,10 +4,9 @@
 #![cfg(loom)]
 
 use coalescer::{Admission, Closed, RunError};
-use coalescer_loom_tests::{async_coalescer, check, Env, Gate};
+use coalescer_loom_tests::{async_coalescer, check, spawn_requester, Env, Gate};
 use loom::future::block_on;
 use loom::sync::Arc;
-use loom::thread;
 
 /// D1 for the async runner: a request races the runner's transition to idle
 /// and is never stranded; a fresh runner's cycle happens-after the old one's.
@@ -17,13 +16,7 @@ fn inv1_inv2_inv4_async_request_racing_the_transition_to_idle_is_never_stranded(
         let env = Env::new(1);
         let c = Arc::new(async_coalescer(&env, |_, _| {}));
         assert_eq!(c.request(0), Ok(Admission::Started));
-        let requester = {
-            let (c, env) = (Arc::clone(&c), Arc::clone(&env));
-            thread::spawn(move || {
-                env.write(0);
-                c.request(0).unwrap()
-            })
-        };
+        let requester = spawn_requester(&c, &env, |c| c.request(0).unwrap());
         let _ = requester.join().unwrap();
         block_on(c.shutdown());
         env.assert_last_cycle_saw(&[0]);
@@ -42,13 +35,7 @@ fn inv5_async_shutdown_racing_a_request() {
         let env = Env::new(1);
         let c = Arc::new(async_coalescer(&env, |_, _| {}));
         assert_eq!(c.request(0), Ok(Admission::Started));
-        let requester = {
-            let (c, env) = (Arc::clone(&c), Arc::clone(&env));
-            thread::spawn(move || {
-                env.write(0);
-                c.request(0)
-            })
-        };
+        let requester = spawn_requester(&c, &env, |c| c.request(0));
         block_on(c.shutdown());
         let at_shutdown = env.log();
         let outcome = requester.join().unwrap();

@@ -3,7 +3,9 @@
 #![cfg(loom)]
 
 use coalescer::{Admission, Closed, RunError};
-use coalescer_loom_tests::{builder, check, check_bounded, coalescer, Env, Gate, INJECTED};
+use coalescer_loom_tests::{
+    builder, check, check_bounded, coalescer, spawn_requester, Env, Gate, INJECTED,
+};
 use loom::sync::Arc;
 use loom::thread;
 
@@ -59,13 +61,7 @@ fn inv1_inv2_inv4_request_racing_the_transition_to_idle_is_never_stranded() {
         let env = Env::new(1);
         let c = Arc::new(coalescer(&env, |_, _| {}));
         assert_eq!(c.request(0), Ok(Admission::Started));
-        let requester = {
-            let (c, env) = (Arc::clone(&c), Arc::clone(&env));
-            thread::spawn(move || {
-                env.write(0);
-                c.request(0).unwrap()
-            })
-        };
+        let requester = spawn_requester(&c, &env, |c| c.request(0).unwrap());
         let _ = requester.join().unwrap();
         c.shutdown();
         env.assert_last_cycle_saw(&[0]);
@@ -131,13 +127,7 @@ fn inv3_inv4_request_racing_the_end_of_a_panicking_cycle_is_covered() {
             }
         }));
         assert_eq!(c.request(0), Ok(Admission::Started));
-        let requester = {
-            let (c, env) = (Arc::clone(&c), Arc::clone(&env));
-            thread::spawn(move || {
-                env.write(0);
-                c.request(0).unwrap()
-            })
-        };
+        let requester = spawn_requester(&c, &env, |c| c.request(0).unwrap());
         let _ = requester.join().unwrap();
         c.shutdown();
         env.assert_last_cycle_saw(&[0]);
@@ -157,13 +147,7 @@ fn inv5_shutdown_racing_a_request_and_a_running_cycle() {
         let env = Env::new(1);
         let c = Arc::new(coalescer(&env, |_, _| {}));
         assert_eq!(c.request(0), Ok(Admission::Started));
-        let requester = {
-            let (c, env) = (Arc::clone(&c), Arc::clone(&env));
-            thread::spawn(move || {
-                env.write(0);
-                c.request(0)
-            })
-        };
+        let requester = spawn_requester(&c, &env, |c| c.request(0));
         c.shutdown();
         let at_shutdown = env.log();
         let admission = requester.join().unwrap();
@@ -292,13 +276,7 @@ fn inv1_inv2_inv6_reclamation_racing_two_concurrent_requesters_bounded() {
             let env = Env::new(2);
             let c = Arc::new(coalescer(&env, |_, _| {}));
             assert_eq!(c.request(0), Ok(Admission::Started));
-            let requester = {
-                let (c, env) = (Arc::clone(&c), Arc::clone(&env));
-                thread::spawn(move || {
-                    env.write(0);
-                    c.request(0).unwrap()
-                })
-            };
+            let requester = spawn_requester(&c, &env, |c| c.request(0).unwrap());
             env.write(1);
             let _ = c.request(0).unwrap();
             let _ = requester.join().unwrap();
