@@ -135,7 +135,6 @@ where
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         map.insert(key, slot);
         drop(map);
-        Counters::bump(&counters.requests);
         Counters::bump(&counters.started);
         tracing::debug!(target: "coalescer", "started");
         Ok(Admitted {
@@ -197,7 +196,6 @@ fn rejected<E>(counters: &Counters) -> AdmitError<E> {
 
 /// Counts a request folded into an active runner.
 fn coalesced(counters: &Counters, admitted: Admitted) -> Admitted {
-    Counters::bump(&counters.requests);
     Counters::bump(&counters.coalesced);
     tracing::debug!(target: "coalescer", "coalesced");
     admitted

@@ -5,11 +5,11 @@ use std::sync::atomic::Ordering::Relaxed;
 
 /// A snapshot of a coalescer's counters.
 ///
-/// Each field is read separately with no lock, so a snapshot taken while
+/// Each counter is read separately with no lock, so a snapshot taken while
 /// requests or cycles are in flight may be momentarily inconsistent (for
-/// example `requests` may run ahead of `started + coalesced`). Once the
-/// coalescer is quiescent — say after `shutdown` — the snapshot is exact and
-/// `requests == started + coalesced`.
+/// example `cycles` may lag a request already counted). Once the coalescer
+/// is quiescent — say after `shutdown` — the snapshot is exact. `requests` is
+/// always `started + coalesced`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Stats {
@@ -35,7 +35,6 @@ pub struct Stats {
 /// `std` atomics even under loom (see `sync.rs`).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) requests: StatCounter,
     pub(crate) started: StatCounter,
     pub(crate) coalesced: StatCounter,
     pub(crate) rejected: StatCounter,
@@ -53,10 +52,13 @@ impl Counters {
     /// Reads every counter.
     pub(crate) fn snapshot(&self) -> Stats {
         // ORDERING: Relaxed loads, statistics only; pair with nothing.
+        let started = self.started.load(Relaxed);
+        let coalesced = self.coalesced.load(Relaxed);
+        // Derived rather than counted: one shared RMW less per request.
         Stats {
-            requests: self.requests.load(Relaxed),
-            started: self.started.load(Relaxed),
-            coalesced: self.coalesced.load(Relaxed),
+            requests: started + coalesced,
+            started,
+            coalesced,
             rejected: self.rejected.load(Relaxed),
             cycles: self.cycles.load(Relaxed),
             panics: self.panics.load(Relaxed),
