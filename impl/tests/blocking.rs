@@ -7,27 +7,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Barrier, Mutex, Once};
+use std::sync::{Arc, Barrier, Mutex};
 
 use coalescer::blocking::Coalescer;
 use coalescer::{Admission, Closed, RunError};
 
-const INJECTED: &str = "injected test panic";
-
-/// Silences the std panic message for panics the tests inject on purpose.
-fn quiet_injected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let injected = info.payload().downcast_ref::<&str>() == Some(&INJECTED)
-                || info.payload().downcast_ref::<u32>().is_some();
-            if !injected {
-                previous(info);
-            }
-        }));
-    });
-}
+mod common;
+use common::{quiet_injected_panics, INJECTED};
 
 /// A cycle that tells the test when it starts and waits for the test to
 /// release it, so a test can hold a cycle "running" without sleeping.

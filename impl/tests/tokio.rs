@@ -7,13 +7,14 @@
 use std::future::{pending, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use coalescer::{Admission, Closed, Coalescer, RunError};
 use tokio::sync::{mpsc, Notify};
 
-const INJECTED: &str = "injected test panic";
+mod common;
+use common::{quiet_injected_panics, INJECTED};
 
 /// Generates `NAME::current_thread` and `NAME::multi_thread` tests from an
 /// `async fn NAME()`.
@@ -59,18 +60,6 @@ on_both_runtimes!(
     ten_thousand_distinct_keys_leave_no_active_key,
     concurrent_requests_never_lose_the_last_write_and_never_overlap,
 );
-
-fn quiet_injected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<&str>() != Some(&INJECTED) {
-                previous(info);
-            }
-        }));
-    });
-}
 
 type BoxCycle = Pin<Box<dyn Future<Output = ()> + Send>>;
 

@@ -1,0 +1,23 @@
+//! Shared by the ordinary test files.
+
+use std::sync::Once;
+
+/// The payload of the panics tests inject into cycles on purpose.
+pub(crate) const INJECTED: &str = "injected test panic";
+
+/// Keeps the std panic hook from printing the panics tests inject on purpose
+/// (`INJECTED`, and the `u32` payloads of the non-string-payload test); every
+/// other panic (a failed assertion) is printed as usual.
+pub(crate) fn quiet_injected_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let injected = info.payload().downcast_ref::<&str>() == Some(&INJECTED)
+                || info.payload().downcast_ref::<u32>().is_some();
+            if !injected {
+                previous(info);
+            }
+        }));
+    });
+}
