@@ -1,0 +1,45 @@
+//! `coalescer-spec`: check the model, show the Go algorithm's
+//! counterexamples, or serve stateright's Explorer.
+//!
+//! ```text
+//! cargo run -p coalescer-spec --release -- check     # exhaustive check, with counts
+//! cargo run -p coalescer-spec --release -- go        # the Go algorithm's D1/D2 traces
+//! cargo run -p coalescer-spec --release -- explore [ADDR]   # default 127.0.0.1:3000
+//! ```
+
+#[cfg(not(loom))]
+fn main() -> std::process::ExitCode {
+    use coalescer_spec::model::{self, Spec};
+
+    let mut args = std::env::args().skip(1);
+    let command = args.next();
+    match command.as_deref() {
+        Some("check") => report(model::run(Spec::coalescer())),
+        Some("go") => report(model::run(Spec::go())),
+        Some("explore") => {
+            let address = args.next().unwrap_or_else(|| "127.0.0.1:3000".to_owned());
+            eprintln!("serving stateright's Explorer on http://{address}/ (Ctrl-C to stop)");
+            model::explore(Spec::coalescer(), &address);
+            std::process::ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("usage: coalescer-spec check | go | explore [ADDR]");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(not(loom))]
+fn report(run: coalescer_spec::model::Run) -> std::process::ExitCode {
+    print!("{run}");
+    if run.holds() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+#[cfg(loom)]
+fn main() {
+    eprintln!("the model checker is not built under --cfg loom");
+}

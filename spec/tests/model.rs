@@ -1,0 +1,69 @@
+//! The exhaustive check of the protocol, and of the Go algorithm beside it.
+//! Not built under `--cfg loom` (the model checker is not part of that
+//! build).
+#![cfg(not(loom))]
+
+use coalescer_spec::model::{run, Spec};
+
+/// Every invariant holds in every reachable state of the coalescer's
+/// protocol at the spec's bounds, and every non-vacuity example is reached.
+#[test]
+fn the_coalescer_protocol_holds_every_invariant_in_every_state() {
+    let run = run(Spec::coalescer());
+    eprint!("{run}");
+    assert!(
+        run.counterexamples.is_empty(),
+        "the coalescer's protocol violates an invariant:\n{run}"
+    );
+    assert!(
+        run.unreached.is_empty(),
+        "the model is vacuous in part: {:?} never happens",
+        run.unreached
+    );
+    // Exhaustive, not cut short: far more states than any path is long.
+    assert!(
+        run.states > 1_000_000,
+        "only {} states explored",
+        run.states
+    );
+}
+
+/// The Go algorithm, at the same bounds: the checker finds its lost wakeup
+/// (D1) and its panic stranding (D2), each as a shortest trace.
+#[test]
+fn the_go_algorithm_loses_a_wakeup_and_strands_a_request_on_panic() {
+    let run = run(Spec::go());
+    eprint!("{run}");
+    let d1 = run
+        .counterexample("INV-2 no accepted request is stranded")
+        .expect("the checker must find D1 in the Go algorithm");
+    // D1: the runner saw nothing pending, a request then set pending on a
+    // running key, and the runner cleared `running` and stopped.
+    assert!(d1.contains("saw pending clear"), "not a D1 trace:\n{d1}");
+    assert!(
+        d1.contains("running, sets pending"),
+        "not a D1 trace:\n{d1}"
+    );
+    assert!(
+        d1.contains("clears running and stops"),
+        "not a D1 trace:\n{d1}"
+    );
+    assert_eq!(d1.lines().count(), 6, "not the shortest D1 trace:\n{d1}");
+
+    let d2 = run
+        .counterexample("INV-3 no request is stranded by a panicking cycle")
+        .expect("the checker must find D2 in the Go algorithm");
+    // D2: a request set pending during a cycle that then panicked, and the
+    // panic handler cleared `running` without draining `pending`.
+    assert!(
+        d2.contains("running, sets pending"),
+        "not a D2 trace:\n{d2}"
+    );
+    assert!(d2.contains("cycle panics"), "not a D2 trace:\n{d2}");
+    assert_eq!(d2.lines().count(), 4, "not the shortest D2 trace:\n{d2}");
+
+    // And D4: per-key state never freed.
+    assert!(run
+        .counterexample("INV-6 quiescent implies no slot in the map")
+        .is_some());
+}
