@@ -1,0 +1,290 @@
+//! The history oracle: a correct history passes, and each invariant's
+//! violation is reported as that invariant, at the event that shows it.
+
+use coalescer::{Admission, RunError};
+use coalescer_spec::{check, Event, History, Invariant};
+
+use Event::*;
+
+fn invoked(request: u64, key: u8) -> Event<u8> {
+    Invoked {
+        request,
+        key,
+        wait: false,
+        wrote: None,
+    }
+}
+
+fn wait(request: u64, key: u8) -> Event<u8> {
+    Invoked {
+        request,
+        key,
+        wait: true,
+        wrote: None,
+    }
+}
+
+fn started(request: u64) -> Event<u8> {
+    Accepted {
+        request,
+        admission: Admission::Started,
+    }
+}
+
+fn coalesced(request: u64) -> Event<u8> {
+    Accepted {
+        request,
+        admission: Admission::Coalesced,
+    }
+}
+
+fn began(key: u8) -> Event<u8> {
+    CycleBegan { key, saw: None }
+}
+
+fn ended(key: u8) -> Event<u8> {
+    CycleEnded { key }
+}
+
+/// The invariant `events` breaks, and where.
+fn violation(events: Vec<Event<u8>>) -> (Invariant, usize) {
+    let v = check(&History::new(events)).expect_err("the oracle accepted a bad history");
+    eprintln!("{v}");
+    (v.invariant, v.at)
+}
+
+/// Two keys, a coalesced request during a cycle, a panicking cycle with its
+/// report, a waiter, and a shutdown that drains: everything holds.
+#[test]
+fn a_correct_history_passes() {
+    let h = History::new(vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        invoked(1, 1),
+        coalesced(1),
+        invoked(2, 2),
+        started(2),
+        began(2),
+        CyclePanicked { key: 1 },
+        PanicReported { key: 1 },
+        began(1),
+        wait(3, 2),
+        ended(2),
+        began(2),
+        ended(1),
+        ended(2),
+        Waited {
+            request: 3,
+            result: Ok(()),
+        },
+        ShutdownBegan,
+        invoked(4, 1),
+        ShutdownEnded,
+        Rejected { request: 4 },
+        invoked(5, 2),
+        Rejected { request: 5 },
+    ]);
+    assert_eq!(check(&h), Ok(()));
+}
+
+/// A request whose step lies inside a cycle's interval may be covered by
+/// it: the oracle gives the benefit of the doubt (soundness).
+#[test]
+fn a_cycle_that_began_during_the_call_may_cover_it() {
+    let h = History::new(vec![invoked(0, 1), began(1), started(0), ended(1)]);
+    assert_eq!(check(&h), Ok(()));
+}
+
+#[test]
+fn inv1_overlapping_cycles_of_one_key() {
+    let events = vec![
+        invoked(0, 1),
+        started(0),
+        invoked(1, 1),
+        coalesced(1),
+        began(1),
+        began(1),
+        ended(1),
+        ended(1),
+    ];
+    assert_eq!(violation(events), (Invariant::MutualExclusion, 5));
+}
+
+#[test]
+fn inv1_started_while_a_cycle_ran_through_the_whole_call() {
+    let events = vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        invoked(1, 1),
+        started(1),
+        ended(1),
+    ];
+    assert_eq!(violation(events), (Invariant::MutualExclusion, 4));
+}
+
+/// D1 as a history: a request accepted during the last cycle, and no cycle
+/// after it.
+#[test]
+fn inv2_a_request_accepted_during_the_last_cycle_is_lost() {
+    let events = vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        invoked(1, 1),
+        coalesced(1),
+        ended(1),
+    ];
+    assert_eq!(violation(events), (Invariant::NoLostWakeup, 4));
+}
+
+#[test]
+fn inv2_a_wait_that_returns_before_its_cycle_completed() {
+    let events = vec![
+        wait(0, 1),
+        began(1),
+        Waited {
+            request: 0,
+            result: Ok(()),
+        },
+        ended(1),
+    ];
+    assert_eq!(violation(events), (Invariant::NoLostWakeup, 2));
+}
+
+#[test]
+fn inv3_a_panic_reported_twice_or_never() {
+    let twice = vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        CyclePanicked { key: 1 },
+        PanicReported { key: 1 },
+        PanicReported { key: 1 },
+    ];
+    assert_eq!(violation(twice), (Invariant::PanicContainment, 5));
+    let never = vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        CyclePanicked { key: 1 },
+    ];
+    assert_eq!(violation(never), (Invariant::PanicContainment, 4));
+}
+
+#[test]
+fn inv3_a_waiter_told_panicked_by_a_cycle_that_completed() {
+    let events = vec![
+        wait(0, 1),
+        began(1),
+        ended(1),
+        Waited {
+            request: 0,
+            result: Err(RunError::Panicked),
+        },
+    ];
+    assert_eq!(violation(events), (Invariant::PanicContainment, 3));
+}
+
+#[test]
+fn inv4_the_covering_cycle_did_not_see_the_write() {
+    let events = vec![
+        Invoked {
+            request: 0,
+            key: 1,
+            wait: false,
+            wrote: Some(7),
+        },
+        started(0),
+        CycleBegan {
+            key: 1,
+            saw: Some(6),
+        },
+        ended(1),
+    ];
+    assert_eq!(violation(events), (Invariant::HappensBefore, 2));
+}
+
+#[test]
+fn inv5_a_cycle_after_shutdown_returned() {
+    let events = vec![
+        invoked(0, 1),
+        started(0),
+        ShutdownBegan,
+        ShutdownEnded,
+        began(1),
+        ended(1),
+    ];
+    assert_eq!(violation(events), (Invariant::Shutdown, 4));
+}
+
+#[test]
+fn inv5_shutdown_returned_while_a_cycle_ran() {
+    let events = vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        ShutdownBegan,
+        ShutdownEnded,
+        ended(1),
+    ];
+    assert_eq!(violation(events), (Invariant::Shutdown, 4));
+}
+
+#[test]
+fn inv5_accepted_after_shutdown_and_rejected_before_it() {
+    let after = vec![ShutdownBegan, ShutdownEnded, invoked(0, 1), started(0)];
+    assert_eq!(violation(after), (Invariant::Shutdown, 3));
+    let before = vec![invoked(0, 1), Rejected { request: 0 }];
+    assert_eq!(violation(before), (Invariant::Shutdown, 1));
+}
+
+#[test]
+fn inv5_aborted_without_a_drop() {
+    let events = vec![
+        wait(0, 1),
+        Waited {
+            request: 0,
+            result: Err(RunError::Aborted),
+        },
+    ];
+    assert_eq!(violation(events), (Invariant::Shutdown, 1));
+}
+
+/// After the abort path (drop without shutdown), accepted plain requests may
+/// go unrun and waiters may be told `Aborted`.
+#[test]
+fn the_abort_path_may_leave_requests_unrun() {
+    let h = History::new(vec![
+        invoked(0, 1),
+        started(0),
+        wait(1, 2),
+        Aborted,
+        Waited {
+            request: 1,
+            result: Err(RunError::Aborted),
+        },
+    ]);
+    assert_eq!(check(&h), Ok(()));
+}
+
+#[test]
+fn inv7_a_cycle_with_no_request_to_cover() {
+    let events = vec![invoked(0, 1), started(0), began(1), ended(1), began(1), ended(1)];
+    assert_eq!(violation(events), (Invariant::NoSpuriousCycle, 4));
+}
+
+#[test]
+fn malformed_histories_are_reported_as_such() {
+    for events in [
+        vec![started(0)],
+        vec![invoked(0, 1), invoked(0, 1)],
+        vec![invoked(0, 1)],
+        vec![ended(1)],
+        vec![ShutdownEnded],
+        vec![invoked(0, 1), started(0), began(1)],
+    ] {
+        assert_eq!(violation(events).0, Invariant::WellFormed);
+    }
+}
