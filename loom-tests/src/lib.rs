@@ -13,6 +13,8 @@ use std::sync::Once;
 use std::time::Instant;
 
 use coalescer::blocking::{Builder, Coalescer};
+use coalescer::{Admission, Closed, RunError};
+use coalescer_spec::{Event, Recorder};
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
 
@@ -119,6 +121,10 @@ pub struct Env {
     running: StdAtomicUsize,
     /// Calls of the panic hook for injected panics.
     reported: StdAtomicUsize,
+    /// The execution's history, for the spec's oracle (`Env::done`). Behind
+    /// a `std` Arc, shared with the `Recorded` front end, so that recording
+    /// adds no loom operation (no scheduling point, no happens-before edge).
+    tape: std::sync::Arc<Tape>,
     /// Messages of panics that were not injected: a failed assertion inside
     /// a cycle is caught by the coalescer like any cycle panic, so it lands
     /// here and `Env::done` fails the model with it.
@@ -134,6 +140,7 @@ impl Env {
             ended: AtomicUsize::new(0),
             running: StdAtomicUsize::new(0),
             reported: StdAtomicUsize::new(0),
+            tape: std::sync::Arc::default(),
             unexpected: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -177,7 +184,8 @@ impl Env {
 
     /// What the panic hook does: counts injected panics, keeps the message of
     /// any other.
-    fn hook(&self, message: Option<&str>) {
+    fn hook(&self, key: u8, message: Option<&str>) {
+        self.tape.record(Event::PanicReported { key });
         match message {
             Some(INJECTED) => {
                 self.reported
@@ -195,6 +203,20 @@ impl Env {
     pub fn done(&self) {
         let unexpected = self.unexpected.lock().unwrap();
         assert!(unexpected.is_empty(), "cycles panicked: {unexpected:?}");
+        let history = self.tape.recorder.history();
+        if let Err(violation) = coalescer_spec::check(&history) {
+            panic!("{violation}\nhistory: {:#?}", history.events);
+        }
+    }
+
+    /// Records a cycle of `key` beginning; the guard records its end, or its
+    /// panic if dropped while unwinding.
+    pub fn recorded_cycle(&self, key: u8) -> CycleRecord {
+        self.tape.record(Event::CycleBegan { key, saw: None });
+        CycleRecord {
+            key,
+            tape: std::sync::Arc::clone(&self.tape),
+        }
     }
 
     /// How often the panic hook was called.
@@ -225,19 +247,21 @@ pub fn builder(env: &Arc<Env>) -> Builder<u8, Fixed> {
     Builder::new()
         .hasher(Fixed::default())
         .shards(1)
-        .panic_hook(move |report| hooked.hook(report.message()))
+        .panic_hook(move |report| hooked.hook(*report.key(), report.message()))
 }
 
 /// A coalescer whose cycle is `env.cycle()` followed by `after(n, key)`.
 pub fn coalescer(
     env: &Arc<Env>,
     after: impl Fn(usize, u8) + Send + Sync + 'static,
-) -> Coalescer<u8, Fixed> {
+) -> Recorded<Coalescer<u8, Fixed>> {
     let cycles = Arc::clone(env);
-    builder(env).build(move |key: &u8| {
+    let c = builder(env).build(move |key: &u8| {
+        let _record = cycles.recorded_cycle(*key);
         let n = cycles.cycle();
         after(n, *key);
-    })
+    });
+    Recorded::new(c, env)
 }
 
 /// An async coalescer (the tokio front end's code, on loom threads) whose
@@ -246,18 +270,21 @@ pub fn coalescer(
 pub fn async_coalescer(
     env: &Arc<Env>,
     after: impl Fn(usize, u8) + Send + Sync + 'static,
-) -> coalescer::Coalescer<u8, Fixed> {
+) -> Recorded<coalescer::Coalescer<u8, Fixed>> {
     let hooked = Arc::clone(env);
     let cycles = Arc::clone(env);
-    coalescer::Coalescer::builder()
+    let c = coalescer::Coalescer::builder()
         .hasher(Fixed::default())
         .shards(1)
-        .panic_hook(move |report| hooked.hook(report.message()))
+        .panic_hook(move |report| hooked.hook(*report.key(), report.message()))
         .build(move |key: u8| {
+            let record = cycles.recorded_cycle(key);
             let n = cycles.cycle();
             after(n, key);
+            drop(record);
             std::future::ready(())
-        })
+        });
+    Recorded::new(c, env)
 }
 
 /// Spawns requester 0: it publishes its write, then makes its request with
@@ -276,4 +303,176 @@ where
         env.write(0);
         request(&c)
     })
+}
+
+/// The history of one execution, and the next request's name.
+#[derive(Debug, Default)]
+struct Tape {
+    recorder: Recorder<u8>,
+    next_request: std::sync::atomic::AtomicU64,
+}
+
+impl Tape {
+    fn record(&self, event: Event<u8>) {
+        self.recorder.record(event);
+    }
+
+    /// Records a request being invoked and returns its name.
+    fn invoke(&self, key: u8, wait: bool) -> u64 {
+        let request = self
+            .next_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.record(Event::Invoked {
+            request,
+            key,
+            wait,
+            wrote: None,
+        });
+        request
+    }
+
+    fn admitted(&self, request: u64, admission: Result<Admission, Closed>) {
+        self.record(match admission {
+            Ok(admission) => Event::Accepted { request, admission },
+            Err(Closed) => Event::Rejected { request },
+        });
+    }
+}
+
+/// Records the end of a cycle when dropped: `CyclePanicked` if dropped while
+/// the cycle unwinds, `CycleEnded` otherwise.
+#[derive(Debug)]
+pub struct CycleRecord {
+    key: u8,
+    tape: std::sync::Arc<Tape>,
+}
+
+impl Drop for CycleRecord {
+    fn drop(&mut self) {
+        let key = self.key;
+        self.tape.record(if std::thread::panicking() {
+            Event::CyclePanicked { key }
+        } else {
+            Event::CycleEnded { key }
+        });
+    }
+}
+
+/// What dropping a front end does.
+pub trait FrontEnd {
+    /// `true` for the async coalescer (drop aborts), `false` for the
+    /// blocking one (drop shuts down and drains).
+    const DROP_ABORTS: bool;
+}
+
+impl FrontEnd for Coalescer<u8, Fixed> {
+    const DROP_ABORTS: bool = false;
+}
+
+impl FrontEnd for coalescer::Coalescer<u8, Fixed> {
+    const DROP_ABORTS: bool = true;
+}
+
+/// A front end whose calls are recorded into the model's history, which
+/// `Env::done` checks with the spec's oracle. Its request and shutdown verbs
+/// shadow the coalescer's; everything else is reached through `Deref`.
+#[derive(Debug)]
+pub struct Recorded<C: FrontEnd> {
+    /// `Some` until dropped (so `Drop` can record around the inner drop).
+    inner: Option<C>,
+    tape: std::sync::Arc<Tape>,
+}
+
+impl<C: FrontEnd> Recorded<C> {
+    /// Wraps `inner`, recording into `env`'s history.
+    pub fn new(inner: C, env: &Env) -> Self {
+        Recorded {
+            inner: Some(inner),
+            tape: std::sync::Arc::clone(&env.tape),
+        }
+    }
+
+    fn inner(&self) -> &C {
+        self.inner.as_ref().expect("only taken in Drop")
+    }
+}
+
+impl<C: FrontEnd> std::ops::Deref for Recorded<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        self.inner()
+    }
+}
+
+impl<C: FrontEnd> Drop for Recorded<C> {
+    fn drop(&mut self) {
+        let inner = self.inner.take();
+        if C::DROP_ABORTS {
+            self.tape.record(Event::Aborted);
+            drop(inner);
+        } else {
+            self.tape.record(Event::ShutdownBegan);
+            drop(inner);
+            self.tape.record(Event::ShutdownEnded);
+        }
+    }
+}
+
+impl Recorded<Coalescer<u8, Fixed>> {
+    /// `request`, recorded.
+    pub fn request(&self, key: u8) -> Result<Admission, Closed> {
+        let request = self.tape.invoke(key, false);
+        let admission = self.inner().request(key);
+        self.tape.admitted(request, admission);
+        admission
+    }
+
+    /// `request_and_wait`, recorded.
+    pub fn request_and_wait(&self, key: u8) -> Result<(), RunError> {
+        let request = self.tape.invoke(key, true);
+        let result = self.inner().request_and_wait(key);
+        self.tape.record(Event::Waited { request, result });
+        result
+    }
+
+    /// `shutdown`, recorded.
+    pub fn shutdown(&self) {
+        self.tape.record(Event::ShutdownBegan);
+        self.inner().shutdown();
+        self.tape.record(Event::ShutdownEnded);
+    }
+}
+
+impl Recorded<coalescer::Coalescer<u8, Fixed>> {
+    /// `request`, recorded.
+    pub fn request(&self, key: u8) -> Result<Admission, Closed> {
+        let request = self.tape.invoke(key, false);
+        let admission = self.inner().request(key);
+        self.tape.admitted(request, admission);
+        admission
+    }
+
+    /// `request_and_wait`, recorded: the invocation now, the result when the
+    /// returned future resolves.
+    pub fn request_and_wait(
+        &self,
+        key: u8,
+    ) -> impl std::future::Future<Output = Result<(), RunError>> {
+        let request = self.tape.invoke(key, true);
+        let wait = self.inner().request_and_wait(key);
+        let tape = std::sync::Arc::clone(&self.tape);
+        async move {
+            let result = wait.await;
+            tape.record(Event::Waited { request, result });
+            result
+        }
+    }
+
+    /// `shutdown().await`, recorded.
+    pub async fn shutdown(&self) {
+        self.tape.record(Event::ShutdownBegan);
+        self.inner().shutdown().await;
+        self.tape.record(Event::ShutdownEnded);
+    }
 }

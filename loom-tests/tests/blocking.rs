@@ -4,7 +4,7 @@
 
 use coalescer::{Admission, Closed, RunError};
 use coalescer_loom_tests::{
-    builder, check, check_bounded, coalescer, spawn_requester, Env, Gate, INJECTED,
+    builder, check, check_bounded, coalescer, spawn_requester, Env, Gate, Recorded, INJECTED,
 };
 use loom::sync::Arc;
 use loom::thread;
@@ -231,12 +231,14 @@ fn inv1_inv6_keys_are_isolated_and_reclaimed() {
         let gate = Arc::new(Gate::default());
         let key0 = Arc::clone(&gate);
         let per_key = envs.clone();
-        let c = Arc::new(builder(&envs[0]).build(move |key: &u8| {
+        let c = builder(&envs[0]).build(move |key: &u8| {
+            let _record = per_key[0].recorded_cycle(*key);
             per_key[usize::from(*key)].cycle();
             if *key == 0 {
                 key0.wait();
             }
-        }));
+        });
+        let c = Arc::new(Recorded::new(c, &envs[0]));
         assert_eq!(c.request(0), Ok(Admission::Started));
         // Deadlocks (which loom reports) if key 1 waits for key 0's cycle.
         assert_eq!(c.request_and_wait(1), Ok(()));

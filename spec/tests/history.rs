@@ -271,7 +271,14 @@ fn the_abort_path_may_leave_requests_unrun() {
 
 #[test]
 fn inv7_a_cycle_with_no_request_to_cover() {
-    let events = vec![invoked(0, 1), started(0), began(1), ended(1), began(1), ended(1)];
+    let events = vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        ended(1),
+        began(1),
+        ended(1),
+    ];
     assert_eq!(violation(events), (Invariant::NoSpuriousCycle, 4));
 }
 
