@@ -15,14 +15,16 @@
 //! says what the model proves and what only loom covers.
 
 pub mod history;
-#[cfg(not(loom))]
+// Also left out of rustdoc's doctest collection, which does not see the loom
+// build's RUSTFLAGS and so would look for stateright there too.
+#[cfg(not(any(loom, doctest)))]
 pub mod model;
 
 pub use history::{check, Event, History, Invariant, Recorder, RequestId, Violation};
 
 /// The state word of the implementation: the very file `impl/src/state.rs`,
 /// not a copy, so the model's transitions are the code's.
-#[cfg(not(loom))]
+#[cfg(not(any(loom, doctest)))]
 #[path = "../../impl/src/state.rs"]
 #[allow(
     dead_code,
