@@ -15,7 +15,9 @@ use crate::panic::PanicReport;
 use crate::registry::AdmitError;
 use crate::runner::{Contained, Core, Options, Runner};
 use crate::stats::Stats;
-use crate::sync::{Arc, AtomicBool, BoxFuture, Handle, Ordering, TaskSet};
+use std::time::Duration;
+
+use crate::sync::{Arc, AtomicBool, BoxFuture, Handle, Ordering, Pace, TaskSet};
 
 /// A per-key coalescer whose cycles are async and run as tasks it owns.
 ///
@@ -60,6 +62,8 @@ struct Inner<K, S> {
     /// Set by `Drop` (after closing): runners that see it begin no further
     /// cycle and resolve their waiters as aborted.
     aborted: AtomicBool,
+    /// Holds runners back between a key's cycles (`min_interval`).
+    pace: Pace,
 }
 
 /// Builds a [`Coalescer`] with options.
@@ -127,6 +131,24 @@ impl<K, S> Builder<K, S> {
         }
     }
 
+    /// Paces each key: a follow-up cycle of a key begins no earlier than
+    /// `min_interval` after the previous cycle of that key began, measured on
+    /// tokio's clock. Requests that arrive meanwhile are not dropped: they
+    /// join that one follow-up. A request for an idle key still starts its
+    /// cycle at once, and `shutdown().await` cuts every wait short (the drain
+    /// runs pending follow-ups at once). The default, zero, does not pace.
+    ///
+    /// Needs a runtime with the time driver (`enable_time` or `enable_all`);
+    /// on one without it the interval is ignored and `build` logs an error
+    /// event (target `coalescer`).
+    #[must_use]
+    pub fn min_interval(self, min_interval: Duration) -> Self {
+        Builder {
+            options: self.options.min_interval(min_interval),
+            handle: self.handle,
+        }
+    }
+
     /// Builds the coalescer; `cycle(key)` is called, and its future awaited,
     /// each time a cycle of `key` begins.
     ///
@@ -142,12 +164,14 @@ impl<K, S> Builder<K, S> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let handle = self.handle.unwrap_or_else(Handle::current);
+        let pace = Pace::new(self.options.min_interval, &handle);
         Coalescer {
             inner: Arc::new(Inner {
                 core: Core::new(self.options),
                 cycle: Box::new(move |key| Box::pin(cycle(key))),
                 tasks: TaskSet::new(handle),
                 aborted: AtomicBool::new(false),
+                pace,
             }),
         }
     }
@@ -268,6 +292,8 @@ where
     /// closed, and the runners go on draining.
     pub async fn shutdown(&self) {
         self.inner.core.registry.close();
+        // Runners waiting out `min_interval` begin their follow-up now.
+        self.inner.pace.drain();
         poll_fn(|cx| self.inner.tasks.poll_drained(cx)).await;
     }
 
@@ -336,6 +362,7 @@ where
             return; // `this` abandons the slot
         }
         let begun = this.runner.begin();
+        let began = this.inner.pace.clock();
         this.current.clone_from(&begun.completion);
         let cycle = catch_unwind(AssertUnwindSafe(|| {
             (this.inner.cycle)(this.runner.key.clone())
@@ -345,7 +372,14 @@ where
             Err(payload) => Err(payload),
         };
         this.current = None;
-        if !this.runner.end(&this.inner.core, begun, result) {
+        this.runner.finish(&this.inner.core, &begun, result);
+        if let Some(began) = began {
+            // The slot stays live meanwhile: requests coalesce into one
+            // paced follow-up. Aborted here, the task's guard abandons the
+            // slot as anywhere else.
+            this.inner.pace.until_next(began).await;
+        }
+        if !this.runner.settle(&this.inner.core, &begun) {
             this.armed = false;
             return;
         }

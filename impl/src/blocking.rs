@@ -11,7 +11,9 @@ use crate::panic::PanicReport;
 use crate::registry::AdmitError;
 use crate::runner::{Core, Options, Runner};
 use crate::stats::Stats;
-use crate::sync::{lock, thread, Arc, AtomicBool, Mutex, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::sync::{lock, thread, wait_until, Arc, AtomicBool, Condvar, Mutex, Ordering};
 
 /// A per-key coalescer whose cycles run on threads it owns.
 ///
@@ -51,6 +53,56 @@ struct Inner<K, S> {
     /// Serializes `shutdown` calls, so that a second caller returns only
     /// once the first one's drain is complete.
     shutting_down: Mutex<()>,
+    /// Holds runners back between a key's cycles (`min_interval`).
+    pace: Pace,
+}
+
+/// The blocking `min_interval` wait: a timed wait on a condvar that
+/// `shutdown` interrupts, so the drain never sits out an interval.
+struct Pace {
+    /// Zero: no pacing.
+    min_interval: Duration,
+    /// Set once by `shutdown`. Guarded by this mutex; `wake` is notified
+    /// when it is set.
+    draining: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Pace {
+    fn new(min_interval: Duration) -> Self {
+        Pace {
+            min_interval,
+            draining: Mutex::new(false),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// The time a cycle began, if pacing is on.
+    fn clock(&self) -> Option<Instant> {
+        (!self.min_interval.is_zero()).then(Instant::now)
+    }
+
+    /// Returns once `min_interval` has passed since `began`, or at once when
+    /// the coalescer is draining. The key's slot stays live meanwhile, so
+    /// every request that arrives joins the one follow-up cycle.
+    fn until_next(&self, began: Instant) {
+        // An interval too long to add to a clock waits for the drain.
+        let deadline = began.checked_add(self.min_interval);
+        let mut draining = lock(&self.draining);
+        while !*draining {
+            let (guard, passed) = wait_until(&self.wake, &self.draining, draining, deadline);
+            draining = guard;
+            if passed {
+                return;
+            }
+        }
+    }
+
+    /// Ends every wait, now and later.
+    fn drain(&self) {
+        *lock(&self.draining) = true;
+        self.wake.notify_all();
+    }
 }
 
 /// Builds a [`Coalescer`] with options.
@@ -104,6 +156,19 @@ impl<K, S> Builder<K, S> {
         }
     }
 
+    /// Paces each key: a follow-up cycle of a key begins no earlier than
+    /// `min_interval` after the previous cycle of that key began. Requests
+    /// that arrive meanwhile are not dropped: they join that one follow-up.
+    /// A request for an idle key still starts its cycle at once, and
+    /// `shutdown` cuts every wait short (the drain runs pending follow-ups
+    /// at once). The default, zero, does not pace.
+    #[must_use]
+    pub fn min_interval(self, min_interval: Duration) -> Self {
+        Builder {
+            options: self.options.min_interval(min_interval),
+        }
+    }
+
     /// Builds the coalescer; `cycle` is run for a key each time a cycle of
     /// that key begins.
     pub fn build<F>(self, cycle: F) -> Coalescer<K, S>
@@ -112,12 +177,14 @@ impl<K, S> Builder<K, S> {
         S: BuildHasher + Clone + Send + Sync + 'static,
         F: Fn(&K) + Send + Sync + 'static,
     {
+        let pace = Pace::new(self.options.min_interval);
         Coalescer {
             inner: Arc::new(Inner {
                 core: Core::new(self.options),
                 cycle: Box::new(cycle),
                 threads: ThreadSet::default(),
                 shutting_down: Mutex::new(()),
+                pace,
             }),
         }
     }
@@ -254,6 +321,8 @@ impl<K, S> Inner<K, S> {
     fn shutdown(&self) {
         let _one_at_a_time = lock(&self.shutting_down);
         self.core.registry.close();
+        // Runners waiting out `min_interval` begin their follow-up now.
+        self.pace.drain();
         self.threads.join_all();
     }
 }
@@ -267,8 +336,15 @@ where
     fn run(&self, runner: Runner<K>) {
         loop {
             let begun = runner.begin();
+            let began = self.pace.clock();
             let result = catch_unwind(AssertUnwindSafe(|| (self.cycle)(&runner.key)));
-            if !runner.end(&self.core, begun, result) {
+            runner.finish(&self.core, &begun, result);
+            if let Some(began) = began {
+                // The slot stays live meanwhile: requests coalesce into one
+                // paced follow-up instead of starting a cycle at once.
+                self.pace.until_next(began);
+            }
+            if !runner.settle(&self.core, &begun) {
                 return;
             }
         }

@@ -9,6 +9,7 @@ use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use crate::completion::{Completion, Outcome};
 use crate::panic::{self, PanicHook, PanicReport};
@@ -22,6 +23,9 @@ pub(crate) struct Options<K, S = RandomState> {
     pub(crate) hook: PanicHook<K>,
     pub(crate) hasher: S,
     pub(crate) shards: usize,
+    /// A key's follow-up cycle begins no earlier than this after the
+    /// previous cycle of that key began. Zero: no pacing.
+    pub(crate) min_interval: Duration,
 }
 
 impl<K> Options<K> {
@@ -30,6 +34,7 @@ impl<K> Options<K> {
             hook: panic::default_hook(),
             hasher: RandomState::new(),
             shards: default_shards(),
+            min_interval: Duration::ZERO,
         }
     }
 }
@@ -48,11 +53,17 @@ impl<K, S> Options<K, S> {
             hook: self.hook,
             hasher,
             shards: self.shards,
+            min_interval: self.min_interval,
         }
     }
 
     pub(crate) fn shards(mut self, shards: usize) -> Self {
         self.shards = shards;
+        self
+    }
+
+    pub(crate) fn min_interval(mut self, min_interval: Duration) -> Self {
+        self.min_interval = min_interval;
         self
     }
 }
@@ -62,6 +73,7 @@ impl<K, S: fmt::Debug> fmt::Debug for Options<K, S> {
         f.debug_struct("Options")
             .field("hasher", &self.hasher)
             .field("shards", &self.shards)
+            .field("min_interval", &self.min_interval)
             .finish_non_exhaustive()
     }
 }
@@ -110,17 +122,15 @@ impl<K: Hash + Eq> Runner<K> {
         self.slot.begin()
     }
 
-    /// Ends the cycle `begun`, which returned `result`: a panic is counted
-    /// and reported once (INV-3), waiters are told, and the slot goes idle
-    /// if no request arrived since `begun` (INV-2) — in which case the slot
-    /// is removed from the map (INV-6) and this returns `false`. `true`
-    /// means a request is pending: run another cycle.
-    pub(crate) fn end<S: BuildHasher + Clone>(
+    /// Finishes the cycle `begun`, which returned `result`: a panic is
+    /// counted and reported once (INV-3), and waiters are told. The slot
+    /// stays live; [`settle`](Self::settle) decides what comes next.
+    pub(crate) fn finish<S: BuildHasher + Clone>(
         &self,
         core: &Core<K, S>,
-        begun: Begun,
+        begun: &Begun,
         result: Result<(), Box<dyn Any + Send>>,
-    ) -> bool {
+    ) {
         let outcome = match result {
             Ok(()) => Outcome::Completed,
             Err(payload) => {
@@ -133,9 +143,16 @@ impl<K: Hash + Eq> Runner<K> {
         if let Some(completion) = &begun.completion {
             completion.resolve(outcome);
         }
-        // A panicking cycle ends through this same path, so a request that
-        // arrived during it makes `go_idle` fail and gets its follow-up (D2).
-        if self.slot.go_idle(&begun) {
+    }
+
+    /// After [`finish`](Self::finish) (and any `min_interval` wait): the slot
+    /// goes idle if no request arrived since `begun` (INV-2) — in which case
+    /// it is removed from the map (INV-6) and this returns `false`. `true`
+    /// means a request is pending: run another cycle. A panicking cycle
+    /// settles through this same path, so a request that arrived during it
+    /// makes `go_idle` fail and gets its follow-up (D2).
+    pub(crate) fn settle<S: BuildHasher + Clone>(&self, core: &Core<K, S>, begun: &Begun) -> bool {
+        if self.slot.go_idle(begun) {
             core.registry.reclaim(&self.key, &self.slot);
             false
         } else {

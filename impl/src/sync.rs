@@ -72,6 +72,45 @@ pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Waits on `cv` until notified or until `deadline` (`None`: no deadline),
+/// ignoring poison; returns the guard and whether the deadline has passed.
+/// May return early (spurious wakeup): callers loop on their condition.
+#[cfg(not(loom))]
+pub(crate) fn wait_until<'a, T>(
+    cv: &Condvar,
+    _: &'a Mutex<T>,
+    guard: MutexGuard<'a, T>,
+    deadline: Option<std::time::Instant>,
+) -> (MutexGuard<'a, T>, bool) {
+    let Some(deadline) = deadline else {
+        return (wait(cv, guard), false);
+    };
+    let now = std::time::Instant::now();
+    if now >= deadline {
+        return (guard, true);
+    }
+    let (guard, _) = cv
+        .wait_timeout(guard, deadline - now)
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    (guard, std::time::Instant::now() >= deadline)
+}
+
+/// Loom does not model time: a timed wait is "some time passes, during which
+/// anything may happen" — the lock is released, every other thread may run,
+/// and then the deadline has passed. A wait without a deadline ends only
+/// when the caller's condition changes.
+#[cfg(loom)]
+pub(crate) fn wait_until<'a, T>(
+    _: &Condvar,
+    mutex: &'a Mutex<T>,
+    guard: MutexGuard<'a, T>,
+    deadline: Option<std::time::Instant>,
+) -> (MutexGuard<'a, T>, bool) {
+    drop(guard);
+    thread::yield_now();
+    (lock(mutex), deadline.is_some())
+}
+
 /// A boxed runner future: what the async front end hands its task set.
 pub(crate) type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -82,11 +121,11 @@ pub(crate) type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (
 // stand-in lets that parse resolve. It is never compiled into the library:
 // the examples link against the real one.
 #[cfg(all(doctest, not(loom)))]
-pub(crate) use self::doctest_tasks::{Handle, TaskSet};
+pub(crate) use self::doctest_tasks::{Handle, Pace, TaskSet};
 #[cfg(loom)]
-pub(crate) use self::loom_tasks::{Handle, TaskSet};
+pub(crate) use self::loom_tasks::{Handle, Pace, TaskSet};
 #[cfg(not(any(loom, doctest)))]
-pub(crate) use self::tokio_tasks::{Handle, TaskSet};
+pub(crate) use self::tokio_tasks::{Handle, Pace, TaskSet};
 
 /// Runs `future` on a new current-thread tokio runtime. For the doc
 /// examples, which cannot name tokio themselves (the loom build has none).
@@ -133,16 +172,35 @@ mod doctest_tasks {
         }
         pub(crate) fn abort_all(&self) {}
     }
+
+    #[derive(Debug)]
+    pub(crate) struct Pace;
+
+    impl Pace {
+        pub(crate) fn new(_: std::time::Duration, _: &Handle) -> Self {
+            Pace
+        }
+        pub(crate) fn clock(&self) -> Option<std::time::Instant> {
+            None
+        }
+        pub(crate) async fn until_next(&self, _: std::time::Instant) {}
+        pub(crate) fn drain(&self) {}
+    }
 }
 
 /// The async front end's runners as tokio tasks in a `JoinSet` the
 /// coalescer owns.
 #[cfg(not(any(loom, doctest)))]
 mod tokio_tasks {
+    use std::future::{poll_fn, Future};
+    use std::pin::pin;
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll, Wake, Waker};
+    use std::time::Duration;
 
+    use tokio::sync::watch;
     use tokio::task::JoinSet;
+    use tokio::time::{self, Instant};
 
     use super::{lock, BoxFuture};
 
@@ -221,6 +279,75 @@ mod tokio_tasks {
             lock(&self.set).len()
         }
     }
+
+    /// The async `min_interval` wait, on tokio's clock (so a paused test
+    /// clock drives it), cut short when shutdown starts draining.
+    #[derive(Debug)]
+    pub(crate) struct Pace {
+        /// `None`: no pacing (zero interval, or a runtime without timers).
+        min_interval: Option<Duration>,
+        /// Set to `true` once, by `drain`.
+        draining: watch::Sender<bool>,
+    }
+
+    impl Pace {
+        pub(crate) fn new(min_interval: Duration, handle: &Handle) -> Self {
+            let mut usable = !min_interval.is_zero();
+            if usable {
+                // tokio panics when a timer is created on a runtime built
+                // without the time driver; find out now, once, rather than
+                // in a runner.
+                let _context = handle.enter();
+                usable = std::panic::catch_unwind(|| drop(time::sleep(Duration::ZERO))).is_ok();
+                if !usable {
+                    tracing::error!(
+                        target: "coalescer",
+                        "min_interval is ignored: the tokio runtime has no time driver \
+                         (build it with enable_time or enable_all)"
+                    );
+                }
+            }
+            Pace {
+                min_interval: usable.then_some(min_interval),
+                draining: watch::channel(false).0,
+            }
+        }
+
+        /// The time a cycle began, if pacing is on.
+        pub(crate) fn clock(&self) -> Option<Instant> {
+            self.min_interval.map(|_| Instant::now())
+        }
+
+        /// Returns once `min_interval` has passed since `began`, or at once
+        /// when the coalescer is draining.
+        pub(crate) async fn until_next(&self, began: Instant) {
+            let Some(interval) = self.min_interval else {
+                return;
+            };
+            let mut draining = self.draining.subscribe();
+            let mut drained = pin!(draining.wait_for(|d| *d));
+            // An interval too long to add to a clock waits for the drain.
+            let mut sleep = began
+                .checked_add(interval)
+                .map(|deadline| Box::pin(time::sleep_until(deadline)));
+            poll_fn(|cx| {
+                let slept = sleep
+                    .as_mut()
+                    .is_some_and(|s| s.as_mut().poll(cx).is_ready());
+                if slept || drained.as_mut().poll(cx).is_ready() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
+
+        /// Ends every wait, now and later: shutdown drains without pacing.
+        pub(crate) fn drain(&self) {
+            self.draining.send_replace(true);
+        }
+    }
 }
 
 /// Under loom, tokio is out of the build: each runner future is driven by
@@ -275,5 +402,32 @@ mod loom_tasks {
         /// Loom threads cannot be cancelled; the runner loop's abort flag
         /// keeps them from beginning another cycle.
         pub(crate) fn abort_all(&self) {}
+    }
+
+    /// Loom does not model time: the `min_interval` wait is one yield — a
+    /// point where every other thread may run (a request joins the pending
+    /// follow-up, a shutdown starts draining) — after which the interval has
+    /// passed. See `wait_until`.
+    #[derive(Debug)]
+    pub(crate) struct Pace {
+        on: bool,
+    }
+
+    impl Pace {
+        pub(crate) fn new(min_interval: std::time::Duration, _: &Handle) -> Self {
+            Pace {
+                on: !min_interval.is_zero(),
+            }
+        }
+
+        pub(crate) fn clock(&self) -> Option<std::time::Instant> {
+            self.on.then(std::time::Instant::now)
+        }
+
+        pub(crate) async fn until_next(&self, _: std::time::Instant) {
+            thread::yield_now();
+        }
+
+        pub(crate) fn drain(&self) {}
     }
 }

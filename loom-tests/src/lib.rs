@@ -10,7 +10,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::AtomicUsize as StdAtomicUsize;
 use std::sync::Once;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use coalescer::blocking::{Builder, Coalescer};
 use coalescer::{Admission, Closed, RunError};
@@ -255,12 +255,34 @@ pub fn coalescer(
     env: &Arc<Env>,
     after: impl Fn(usize, u8) + Send + Sync + 'static,
 ) -> Recorded<Coalescer<u8, Fixed>> {
+    blocking_with(env, Duration::ZERO, after)
+}
+
+/// The same, paced with a `min_interval` (loom abstracts the wait as one
+/// yield: any other thread may run, then the interval has passed).
+pub fn paced_coalescer(
+    env: &Arc<Env>,
+    after: impl Fn(usize, u8) + Send + Sync + 'static,
+) -> Recorded<Coalescer<u8, Fixed>> {
+    blocking_with(env, PACE, after)
+}
+
+/// The interval the paced models use: any nonzero value (time is abstract).
+const PACE: Duration = Duration::from_secs(1);
+
+fn blocking_with(
+    env: &Arc<Env>,
+    min_interval: Duration,
+    after: impl Fn(usize, u8) + Send + Sync + 'static,
+) -> Recorded<Coalescer<u8, Fixed>> {
     let cycles = Arc::clone(env);
-    let c = builder(env).build(move |key: &u8| {
-        let _record = cycles.recorded_cycle(*key);
-        let n = cycles.cycle();
-        after(n, *key);
-    });
+    let c = builder(env)
+        .min_interval(min_interval)
+        .build(move |key: &u8| {
+            let _record = cycles.recorded_cycle(*key);
+            let n = cycles.cycle();
+            after(n, *key);
+        });
     Recorded::new(c, env)
 }
 
@@ -271,11 +293,28 @@ pub fn async_coalescer(
     env: &Arc<Env>,
     after: impl Fn(usize, u8) + Send + Sync + 'static,
 ) -> Recorded<coalescer::Coalescer<u8, Fixed>> {
+    async_with(env, Duration::ZERO, after)
+}
+
+/// The same, paced with a `min_interval` (see `paced_coalescer`).
+pub fn paced_async_coalescer(
+    env: &Arc<Env>,
+    after: impl Fn(usize, u8) + Send + Sync + 'static,
+) -> Recorded<coalescer::Coalescer<u8, Fixed>> {
+    async_with(env, PACE, after)
+}
+
+fn async_with(
+    env: &Arc<Env>,
+    min_interval: Duration,
+    after: impl Fn(usize, u8) + Send + Sync + 'static,
+) -> Recorded<coalescer::Coalescer<u8, Fixed>> {
     let hooked = Arc::clone(env);
     let cycles = Arc::clone(env);
     let c = coalescer::Coalescer::builder()
         .hasher(Fixed::default())
         .shards(1)
+        .min_interval(min_interval)
         .panic_hook(move |report| hooked.hook(*report.key(), report.message()))
         .build(move |key: u8| {
             let record = cycles.recorded_cycle(key);

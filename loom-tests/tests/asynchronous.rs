@@ -4,7 +4,9 @@
 #![cfg(loom)]
 
 use coalescer::{Admission, Closed, RunError};
-use coalescer_loom_tests::{async_coalescer, check, spawn_requester, Env, Gate};
+use coalescer_loom_tests::{
+    async_coalescer, check, paced_async_coalescer, spawn_requester, Env, Gate,
+};
 use loom::future::block_on;
 use loom::sync::Arc;
 
@@ -89,6 +91,30 @@ fn inv5_async_abort_racing_a_request_and_wait() {
         assert!(env.log().len() <= 1, "a cycle began after the abort");
         if outcome.is_ok() {
             assert!(env.log()[0][0], "Ok from a cycle that did not cover it");
+        }
+        env.done();
+    });
+}
+
+/// `min_interval` on the async runner (the wait abstracted as one yield): a
+/// request racing the cycle, the wait and the transition to idle is covered
+/// by a cycle that sees its write; `shutdown().await` racing the wait drains
+/// the paced follow-up before it returns (or the request is rejected).
+#[test]
+fn inv2_inv5_async_paced_follow_up_covers_a_request_during_the_wait_and_shutdown_drains_it() {
+    check("async_paced_request_and_shutdown_racing_the_wait", || {
+        let env = Env::new(1);
+        let c = Arc::new(paced_async_coalescer(&env, |_, _| {}));
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        let requester = spawn_requester(&c, &env, |c| c.request(0));
+        block_on(c.shutdown());
+        let at_shutdown = env.log();
+        match requester.join().unwrap() {
+            Ok(_) => assert!(
+                at_shutdown.last().is_some_and(|seen| seen[0]),
+                "accepted request not drained by shutdown; log: {at_shutdown:?}"
+            ),
+            Err(closed) => assert_eq!(closed, Closed),
         }
         env.done();
     });

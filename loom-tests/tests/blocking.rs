@@ -4,7 +4,8 @@
 
 use coalescer::{Admission, Closed, RunError};
 use coalescer_loom_tests::{
-    builder, check, check_bounded, coalescer, spawn_requester, Env, Gate, Recorded, INJECTED,
+    builder, check, check_bounded, coalescer, paced_coalescer, spawn_requester, Env, Gate,
+    Recorded, INJECTED,
 };
 use loom::sync::Arc;
 use loom::thread;
@@ -301,6 +302,35 @@ fn inv5_requests_after_shutdown_are_rejected() {
         assert_eq!(c.request(0), Err(Closed));
         assert_eq!(c.request_and_wait(0), Err(RunError::Closed));
         assert!(env.log().is_empty());
+        env.done();
+    });
+}
+
+/// `min_interval`: the runner waits out the interval after each cycle with
+/// the slot live (loom abstracts the wait as one yield). A request racing
+/// the cycle, the wait and the transition to idle is covered by a cycle that
+/// sees its write; a shutdown racing the wait cuts it short, and the paced
+/// follow-up runs before shutdown returns (or the request is rejected).
+#[test]
+fn inv2_inv5_paced_follow_up_covers_a_request_during_the_wait_and_shutdown_drains_it() {
+    check("paced_request_and_shutdown_racing_the_wait", || {
+        let env = Env::new(1);
+        let c = Arc::new(paced_coalescer(&env, |_, _| {}));
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        let requester = spawn_requester(&c, &env, |c| c.request(0));
+        c.shutdown();
+        let at_shutdown = env.log();
+        match requester.join().unwrap() {
+            Ok(_) => assert!(
+                at_shutdown.last().is_some_and(|seen| seen[0]),
+                "accepted request not drained by shutdown; log: {at_shutdown:?}"
+            ),
+            Err(closed) => assert_eq!(closed, Closed),
+        }
+        assert!(
+            at_shutdown.len() <= 2,
+            "spurious cycle; log: {at_shutdown:?}"
+        );
         env.done();
     });
 }
