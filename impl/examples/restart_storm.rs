@@ -1,0 +1,407 @@
+//! A restart storm: many tasks write workspace configs in bursts, and every
+//! write asks for its workspace to be restarted. The coalescer runs at most
+//! one restart per workspace at a time, folds the burst into follow-ups, and
+//! contains the restarts that panic. At the end it checks, per workspace,
+//! that the last restart loaded the last config (no lost update) and that no
+//! two restarts of a workspace overlapped, and exits non-zero otherwise.
+//!
+//! ```text
+//! cargo run --release --example restart_storm -- [--workspaces N] [--writes M]
+//!     [--panic-rate P] [--min-interval MS] [--restart-ms MS] [--writers T] [--seed S]
+//! ```
+
+// The loom build (RUSTFLAGS="--cfg loom") has no tokio; there this example
+// is empty.
+#[cfg(loom)]
+fn main() {}
+
+#[cfg(not(loom))]
+fn main() -> std::process::ExitCode {
+    storm::main()
+}
+
+#[cfg(not(loom))]
+mod storm {
+    use std::io::IsTerminal;
+    use std::process::ExitCode;
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use coalescer::Coalescer;
+
+    /// What to simulate.
+    #[derive(Debug, Clone)]
+    struct Config {
+        workspaces: u32,
+        writes: u64,
+        panic_rate: f64,
+        min_interval: Duration,
+        restart: Duration,
+        writers: u32,
+        seed: u64,
+    }
+
+    impl Default for Config {
+        fn default() -> Self {
+            Config {
+                workspaces: 200,
+                writes: 100_000,
+                panic_rate: 0.01,
+                min_interval: Duration::ZERO,
+                restart: Duration::from_millis(3),
+                writers: 64,
+                seed: 0x5eed,
+            }
+        }
+    }
+
+    /// What happened, and what the checks found.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Report {
+        writes: u64,
+        restarts: u64,
+        panics: u64,
+        rejected: u64,
+        /// Workspaces whose last restart did not load their last config.
+        lost_updates: u32,
+        /// The most restarts of one workspace that ever ran at once.
+        max_concurrent: u32,
+        active_after_shutdown: usize,
+        wall: Duration,
+    }
+
+    impl Report {
+        fn passed(&self) -> bool {
+            self.lost_updates == 0
+                && self.max_concurrent <= 1
+                && self.rejected == 0
+                && self.active_after_shutdown == 0
+        }
+    }
+
+    /// One workspace: its config version, and its restarts' bookkeeping.
+    #[derive(Debug, Default)]
+    struct Workspace {
+        /// Bumped by every write, before the write requests a restart.
+        version: AtomicU64,
+        /// The highest version a restart loaded.
+        loaded: AtomicU64,
+        /// Restarts of this workspace running right now.
+        running: AtomicU32,
+    }
+
+    /// splitmix64: a small, good-enough PRNG step, so the example needs no
+    /// dependency.
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform draw in [0, 1) from `x`.
+    fn unit(x: u64) -> f64 {
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    const INJECTED: &str = "restart failed (injected)";
+
+    /// Keeps the std panic hook quiet about the restarts that fail on purpose
+    /// (the coalescer contains and counts them); any other panic still prints.
+    fn quiet_injected_panics() {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&INJECTED) {
+                previous(info);
+            }
+        }));
+    }
+
+    /// Decrements a workspace's running count however the restart ends.
+    struct Running<'a>(&'a AtomicU32);
+
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn storm(config: Config, progress: bool) -> Report {
+        let started = Instant::now();
+        let workspaces: Arc<Vec<Workspace>> = Arc::new(
+            (0..config.workspaces)
+                .map(|_| Workspace::default())
+                .collect(),
+        );
+        let max_concurrent = Arc::new(AtomicU32::new(0));
+        let draws = Arc::new(AtomicU64::new(config.seed));
+
+        let coalescer = {
+            let (workspaces, max_concurrent) =
+                (Arc::clone(&workspaces), Arc::clone(&max_concurrent));
+            let (restart, panic_rate) = (config.restart, config.panic_rate);
+            Coalescer::builder()
+                .min_interval(config.min_interval)
+                // Contained panics are counted in `stats()`; nothing to log.
+                .panic_hook(|_| {})
+                .build(move |id: u32| {
+                    let ws = &workspaces[id as usize];
+                    let now = ws.running.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_concurrent.fetch_max(now, Ordering::SeqCst);
+                    // The restart loads the config as it is when it begins.
+                    let version = ws.version.load(Ordering::SeqCst);
+                    ws.loaded.fetch_max(version, Ordering::SeqCst);
+                    let fails = unit(mix(draws.fetch_add(1, Ordering::Relaxed))) < panic_rate;
+                    let workspaces = Arc::clone(&workspaces);
+                    async move {
+                        let _running = Running(&workspaces[id as usize].running);
+                        tokio::time::sleep(restart).await;
+                        if fails {
+                            std::panic::panic_any(INJECTED);
+                        }
+                    }
+                })
+        };
+        let coalescer = Arc::new(coalescer);
+
+        // Progress, once a second (in place on a terminal).
+        let done = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let reporter = progress.then(|| {
+            let (c, done, written) = (Arc::clone(&coalescer), Arc::clone(&done), Arc::clone(&written));
+            let total = config.writes;
+            tokio::spawn(async move {
+                let tty = std::io::stderr().is_terminal();
+                while !done.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let s = c.stats();
+                    let line = format!(
+                        "writes {:>7}/{total}  restarts {:>6}  panics {:>4}  active workspaces {:>4}",
+                        written.load(Ordering::Relaxed),
+                        s.cycles,
+                        s.panics,
+                        c.active_keys()
+                    );
+                    if tty {
+                        eprint!("\r{line}");
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
+                if tty {
+                    eprintln!();
+                }
+            })
+        });
+
+        // Writers: each writes its share in bursts, pausing between bursts.
+        let mut writers = tokio::task::JoinSet::new();
+        let rejected = Arc::new(AtomicU64::new(0));
+        for w in 0..u64::from(config.writers) {
+            let share = config.writes / u64::from(config.writers)
+                + u64::from(w < config.writes % u64::from(config.writers));
+            let (c, workspaces, written, rejected) = (
+                Arc::clone(&coalescer),
+                Arc::clone(&workspaces),
+                Arc::clone(&written),
+                Arc::clone(&rejected),
+            );
+            let n = u64::from(config.workspaces);
+            let mut rng = mix(config.seed ^ (w + 1));
+            writers.spawn(async move {
+                let mut left = share;
+                while left > 0 {
+                    rng = mix(rng);
+                    let burst = (1 + rng % 100).min(left);
+                    // A burst hits a few workspaces, most writes on one of them.
+                    let hot = (rng >> 20) % n;
+                    for i in 0..burst {
+                        rng = mix(rng);
+                        let id = if i % 4 == 3 { rng % n } else { hot } as u32;
+                        workspaces[id as usize]
+                            .version
+                            .fetch_add(1, Ordering::SeqCst);
+                        if c.request(id).is_err() {
+                            rejected.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    written.fetch_add(burst, Ordering::Relaxed);
+                    left -= burst;
+                    tokio::time::sleep(Duration::from_millis(1 + rng % 3)).await;
+                }
+            });
+        }
+        while writers.join_next().await.is_some() {}
+        coalescer.shutdown().await;
+        done.store(true, Ordering::Relaxed);
+        if let Some(reporter) = reporter {
+            let _ = reporter.await;
+        }
+
+        let stats = coalescer.stats();
+        let lost_updates = workspaces
+            .iter()
+            .filter(|ws| ws.loaded.load(Ordering::SeqCst) != ws.version.load(Ordering::SeqCst))
+            .count() as u32;
+        Report {
+            writes: written.load(Ordering::SeqCst),
+            restarts: stats.cycles,
+            panics: stats.panics,
+            rejected: rejected.load(Ordering::SeqCst),
+            lost_updates,
+            max_concurrent: max_concurrent.load(Ordering::SeqCst),
+            active_after_shutdown: coalescer.active_keys(),
+            wall: started.elapsed(),
+        }
+    }
+
+    fn print(config: &Config, r: &Report) {
+        let ratio = r.writes as f64 / r.restarts.max(1) as f64;
+        println!(
+            "restart_storm: {} workspaces, min interval {:?}, restart {:?}, panic rate {}",
+            config.workspaces, config.min_interval, config.restart, config.panic_rate
+        );
+        println!("| metric | value |");
+        println!("|---|---|");
+        println!("| writes | {} |", r.writes);
+        println!("| restarts run | {} |", r.restarts);
+        println!("| coalescing ratio (writes per restart) | {ratio:.1} |");
+        println!("| panics contained | {} |", r.panics);
+        println!("| rejected requests | {} |", r.rejected);
+        println!("| lost updates | {} |", r.lost_updates);
+        println!(
+            "| max concurrent restarts per workspace | {} |",
+            r.max_concurrent
+        );
+        println!("| wall time | {:.2} s |", r.wall.as_secs_f64());
+        println!(
+            "{}",
+            if r.passed() {
+                "all checks passed"
+            } else {
+                "CHECK FAILED"
+            }
+        );
+    }
+
+    /// Parses the command line into a config, or says what is wrong.
+    fn parse(args: impl Iterator<Item = String>) -> Result<Config, String> {
+        let mut config = Config::default();
+        let mut args = args;
+        while let Some(flag) = args.next() {
+            if flag == "--help" || flag == "-h" {
+                return Err(String::new());
+            }
+            let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
+            match flag.as_str() {
+                "--workspaces" => config.workspaces = value.parse().map_err(|e| bad(&e))?,
+                "--writes" => config.writes = value.parse().map_err(|e| bad(&e))?,
+                "--panic-rate" => config.panic_rate = value.parse().map_err(|e| bad(&e))?,
+                "--min-interval" => {
+                    config.min_interval = Duration::from_millis(value.parse().map_err(|e| bad(&e))?)
+                }
+                "--restart-ms" => {
+                    config.restart = Duration::from_millis(value.parse().map_err(|e| bad(&e))?)
+                }
+                "--writers" => config.writers = value.parse().map_err(|e| bad(&e))?,
+                "--seed" => config.seed = value.parse().map_err(|e| bad(&e))?,
+                _ => return Err(format!("unknown option {flag}")),
+            }
+        }
+        if config.workspaces == 0 || config.writers == 0 {
+            return Err("--workspaces and --writers must be at least 1".to_owned());
+        }
+        if !(0.0..=1.0).contains(&config.panic_rate) {
+            return Err("--panic-rate must be between 0 and 1".to_owned());
+        }
+        Ok(config)
+    }
+
+    pub(super) fn main() -> ExitCode {
+        let config = match parse(std::env::args().skip(1)) {
+            Ok(config) => config,
+            Err(message) => {
+                if !message.is_empty() {
+                    eprintln!("restart_storm: {message}");
+                }
+                eprintln!(
+                    "usage: restart_storm [--workspaces N] [--writes M] [--panic-rate P] \
+                     [--min-interval MS] [--restart-ms MS] [--writers T] [--seed S]"
+                );
+                return ExitCode::from(2);
+            }
+        };
+        quiet_injected_panics();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let report = runtime.block_on(storm(config.clone(), true));
+        print(&config, &report);
+        if report.passed() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn small(min_interval: u64) -> Config {
+            Config {
+                workspaces: 8,
+                writes: 3_000,
+                panic_rate: 0.2,
+                min_interval: Duration::from_millis(min_interval),
+                restart: Duration::from_millis(1),
+                writers: 8,
+                seed: 7,
+            }
+        }
+
+        fn run(config: Config) -> Report {
+            quiet_injected_panics();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(storm(config, false))
+        }
+
+        /// The storm at small sizes passes every check, with panics and
+        /// coalescing actually happening.
+        #[test]
+        fn a_small_storm_loses_no_update_and_never_overlaps() {
+            for interval in [0, 5] {
+                let config = small(interval);
+                let report = run(config.clone());
+                print(&config, &report);
+                assert!(report.passed(), "{report:?}");
+                assert_eq!(report.writes, 3_000);
+                assert!(
+                    report.restarts < report.writes,
+                    "nothing coalesced: {report:?}"
+                );
+                assert!(report.panics > 0, "no restart panicked: {report:?}");
+            }
+        }
+
+        #[test]
+        fn bad_options_are_refused() {
+            let args = |a: &[&str]| parse(a.iter().map(|s| s.to_string()));
+            assert!(args(&["--workspaces", "0"]).is_err());
+            assert!(args(&["--panic-rate", "2"]).is_err());
+            assert!(args(&["--writes"]).is_err());
+            assert!(args(&["--bogus", "1"]).is_err());
+            assert_eq!(
+                args(&["--min-interval", "50"]).unwrap().min_interval,
+                Duration::from_millis(50)
+            );
+        }
+    }
+}
