@@ -10,14 +10,17 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::completion::Completion;
-use crate::error::{Admission, Closed, RunError};
+use crate::error::{Admission, Closed, RunError, StillRunning};
 use crate::panic::PanicReport;
 use crate::registry::AdmitError;
 use crate::runner::{Contained, Core, Options, Runner};
-use crate::stats::Stats;
+use crate::stats::{Counters, Stats};
 use std::time::Duration;
 
-use crate::sync::{Arc, AtomicBool, BoxFuture, Handle, Ordering, Pace, TaskSet};
+use crate::sync::{
+    enter_cycle, in_cycle_owned_by, within, Arc, AtomicBool, BoxFuture, Handle, Ordering, Pace,
+    RuntimeGone, TaskSet,
+};
 
 /// A per-key coalescer whose cycles are async and run as tasks it owns.
 ///
@@ -230,7 +233,10 @@ where
     /// [`Closed`] once shutdown (or drop) has begun; the request is then not
     /// recorded.
     pub fn request(&self, key: K) -> Result<Admission, Closed> {
-        self.admit(key, false).map(|(admission, _)| admission)
+        // Only a waiting request can be refused for any other reason.
+        self.admit(key, false)
+            .map(|(admission, _)| admission)
+            .map_err(|_| Closed)
     }
 
     /// Requests a cycle of `key`; the returned future resolves once a cycle
@@ -248,7 +254,8 @@ where
     /// # Errors
     ///
     /// The future resolves to [`RunError::Closed`] if the request was
-    /// rejected, [`RunError::Panicked`] if the covering cycle panicked, and
+    /// rejected, [`RunError::OwnCycle`] if this was called from inside a cycle
+    /// of the same key (nothing recorded: it would wait for itself), [`RunError::Panicked`] if the covering cycle panicked, and
     /// [`RunError::Aborted`] if the coalescer was dropped without `shutdown`
     /// before the covering cycle ended.
     pub fn request_and_wait(&self, key: K) -> Wait {
@@ -259,7 +266,7 @@ where
         }
     }
 
-    fn admit(&self, key: K, wait: bool) -> Result<(Admission, Option<Arc<Completion>>), Closed> {
+    fn admit(&self, key: K, wait: bool) -> Result<(Admission, Option<Arc<Completion>>), RunError> {
         let inner = &self.inner;
         let admitted = inner
             .core
@@ -271,13 +278,20 @@ where
                     current: None,
                     armed: true,
                 };
-                inner.tasks.spawn(Box::pin(run(guard)));
-                Ok::<(), std::convert::Infallible>(())
+                inner.tasks.spawn(Box::pin(run(guard)))
             });
         match admitted {
             Ok(a) => Ok((a.admission, a.completion)),
-            Err(AdmitError::Closed) => Err(Closed),
-            Err(AdmitError::Start(e)) => match e {},
+            Err(AdmitError::Closed) => Err(RunError::Closed),
+            Err(AdmitError::OwnCycle) => Err(RunError::OwnCycle),
+            Err(AdmitError::Start(RuntimeGone)) => {
+                // The runtime has shut down: nothing can run any more, so the
+                // coalescer closes itself and this and every later request
+                // is rejected.
+                inner.core.registry.mark_closed();
+                Counters::bump(&inner.core.counters.rejected);
+                Err(RunError::Closed)
+            }
         }
     }
 
@@ -285,6 +299,10 @@ where
     /// with [`Closed`], and this resolves only when every request accepted
     /// before the close is covered by a cycle that has ended and every runner
     /// task has ended. Idempotent; concurrent callers all wait for the drain.
+    ///
+    /// Awaited from inside one of this coalescer's own cycles, it closes and
+    /// returns at once: the drain includes the calling task, which cannot end
+    /// while it waits. The runners go on draining.
     ///
     /// # Cancel safety
     ///
@@ -294,7 +312,28 @@ where
         self.inner.core.registry.close();
         // Runners waiting out `min_interval` begin their follow-up now.
         self.inner.pace.drain();
+        if in_cycle_owned_by(Arc::as_ptr(&self.inner) as usize) {
+            // Awaited inside one of this coalescer's own cycles: the drain
+            // includes the calling task, which cannot end while it waits.
+            return;
+        }
         poll_fn(|cx| self.inner.tasks.poll_drained(cx)).await;
+    }
+
+    /// [`shutdown().await`](Self::shutdown), but gives up waiting after
+    /// `timeout` (on tokio's clock): for a cycle that may never return.
+    ///
+    /// # Errors
+    ///
+    /// [`StillRunning`] with the keys whose runners had not finished when
+    /// the timeout passed. The coalescer is closed either way and its
+    /// runners go on; dropping it then aborts them at their next `.await`.
+    /// On a runtime without the time driver this waits without a timeout.
+    pub async fn shutdown_timeout(&self, timeout: Duration) -> Result<(), StillRunning<K>> {
+        let drained = within(timeout, self.shutdown()).await;
+        drained.ok_or_else(|| StillRunning {
+            keys: self.inner.core.registry.live_keys(),
+        })
     }
 
     /// The number of keys with a running or pending cycle; 0 once quiescent.
@@ -343,7 +382,15 @@ struct Abandon<K: Hash + Eq, S: BuildHasher + Clone> {
 
 impl<K: Hash + Eq, S: BuildHasher + Clone> Drop for Abandon<K, S> {
     fn drop(&mut self) {
-        if self.armed {
+        if !self.armed {
+            return;
+        }
+        if crate::sync::inside_spawn() {
+            // Dropped by a shut-down runtime inside the spawn call: the slot
+            // is not in the map yet, and admission holds the shard lock.
+            self.runner.abandon_unpublished();
+            crate::sync::dropped_in_spawn();
+        } else {
             self.runner.abandon(&self.inner.core, self.current.take());
         }
     }
@@ -363,12 +410,14 @@ where
         }
         let begun = this.runner.begin();
         let began = this.inner.pace.clock();
+        let owner = Arc::as_ptr(&this.inner) as usize;
         this.current.clone_from(&begun.completion);
         let cycle = catch_unwind(AssertUnwindSafe(|| {
+            let _mark = enter_cycle(owner, this.runner.slot_id());
             (this.inner.cycle)(this.runner.key.clone())
         }));
         let result = match cycle {
-            Ok(cycle) => Contained::new(cycle).await,
+            Ok(cycle) => Contained::new(cycle, (owner, this.runner.slot_id())).await,
             Err(payload) => Err(payload),
         };
         this.current = None;
@@ -381,6 +430,7 @@ where
         }
         if !this.runner.settle(&this.inner.core, &begun) {
             this.armed = false;
+            this.inner.tasks.reap();
             return;
         }
     }
@@ -391,7 +441,7 @@ where
 /// method was called; dropping this future does not cancel it.
 #[must_use = "the request is made either way; await this to learn how its cycle ended"]
 pub struct Wait {
-    completion: Result<Arc<Completion>, Closed>,
+    completion: Result<Arc<Completion>, RunError>,
 }
 
 impl Future for Wait {
@@ -399,7 +449,7 @@ impl Future for Wait {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &self.completion {
-            Err(Closed) => Poll::Ready(Err(RunError::Closed)),
+            Err(e) => Poll::Ready(Err(*e)),
             Ok(completion) => completion.poll_wait(cx).map(|o| o.into_result()),
         }
     }

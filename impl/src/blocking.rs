@@ -6,14 +6,16 @@ use std::hash::{BuildHasher, Hash};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::error::{Admission, Closed, RunError};
+use crate::error::{Admission, Closed, RunError, StillRunning};
 use crate::panic::PanicReport;
 use crate::registry::AdmitError;
 use crate::runner::{Core, Options, Runner};
 use crate::stats::Stats;
 use std::time::{Duration, Instant};
 
-use crate::sync::{lock, thread, wait_until, Arc, AtomicBool, Condvar, Mutex, Ordering};
+use crate::sync::{
+    enter_cycle, lock, thread, wait_until, Arc, AtomicBool, Condvar, Mutex, Ordering,
+};
 
 /// A per-key coalescer whose cycles run on threads it owns.
 ///
@@ -55,6 +57,9 @@ struct Inner<K, S> {
     shutting_down: Mutex<()>,
     /// Holds runners back between a key's cycles (`min_interval`).
     pace: Pace,
+    /// Set when `shutdown_timeout` gave up on some runners: `Drop` then
+    /// closes without joining them.
+    gave_up: AtomicBool,
 }
 
 /// The blocking `min_interval` wait: a timed wait on a condvar that
@@ -185,6 +190,7 @@ impl<K, S> Builder<K, S> {
                 threads: ThreadSet::default(),
                 shutting_down: Mutex::new(()),
                 pace,
+                gave_up: AtomicBool::new(false),
             }),
         }
     }
@@ -242,7 +248,10 @@ where
     /// does); the request is then not recorded. A panic of `K`'s `Hash` or
     /// `Eq` reaches the caller; the coalescer stays usable.
     pub fn request(&self, key: K) -> Result<Admission, Closed> {
-        self.admit(key, false).map(|(admission, _)| admission)
+        // Only a waiting request can be refused for any other reason.
+        self.admit(key, false)
+            .map(|(admission, _)| admission)
+            .map_err(|_| Closed)
     }
 
     /// Requests a cycle of `key` and blocks until a cycle that began after
@@ -254,14 +263,16 @@ where
     /// # Errors
     ///
     /// [`RunError::Closed`] if the coalescer is shut down (nothing recorded);
-    /// [`RunError::Panicked`] if the covering cycle panicked.
+    /// [`RunError::OwnCycle`] from inside a cycle of the same key (nothing
+    /// recorded); [`RunError::Panicked`] if the covering cycle panicked.
     ///
     /// # Panics
     ///
     /// As [`request`](Self::request).
     ///
-    /// Calling this from inside a cycle of the same `key` deadlocks: that
-    /// cycle's follow-up cannot begin until it returns.
+    /// Called from inside a cycle of the same `key` it returns
+    /// [`RunError::OwnCycle`] at once, recording nothing: it would wait for a
+    /// cycle that cannot begin until the calling cycle returns.
     pub fn request_and_wait(&self, key: K) -> Result<(), RunError> {
         let (_, completion) = self.admit(key, true)?;
         let completion = completion.expect("admission with wait carries a completion");
@@ -272,7 +283,7 @@ where
         &self,
         key: K,
         wait: bool,
-    ) -> Result<(Admission, Option<Arc<crate::completion::Completion>>), Closed> {
+    ) -> Result<(Admission, Option<Arc<crate::completion::Completion>>), RunError> {
         let inner = &self.inner;
         let admitted = inner
             .core
@@ -284,7 +295,8 @@ where
             });
         match admitted {
             Ok(a) => Ok((a.admission, a.completion)),
-            Err(AdmitError::Closed) => Err(Closed),
+            Err(AdmitError::Closed) => Err(RunError::Closed),
+            Err(AdmitError::OwnCycle) => Err(RunError::OwnCycle),
             Err(AdmitError::Start(e)) => {
                 panic!("coalescer: failed to start a runner thread: {e}")
             }
@@ -303,6 +315,36 @@ where
     /// `shutdown` or by `Drop`.
     pub fn shutdown(&self) {
         self.inner.shutdown();
+    }
+
+    /// [`shutdown`](Self::shutdown), but gives up waiting after `timeout`:
+    /// for a cycle that may never return.
+    ///
+    /// # Errors
+    ///
+    /// [`StillRunning`] with the keys whose runners had not finished when
+    /// the timeout passed. The coalescer is closed either way. Those runners
+    /// go on in the background: after a timeout, dropping the coalescer no
+    /// longer joins them (it would block for as long as they run) — the one
+    /// case in which a runner outlives its coalescer, because the caller
+    /// asked to stop waiting for it.
+    pub fn shutdown_timeout(&self, timeout: Duration) -> Result<(), StillRunning<K>> {
+        let deadline = Instant::now().checked_add(timeout);
+        {
+            let _one_at_a_time = lock(&self.inner.shutting_down);
+            self.inner.core.registry.close();
+            self.inner.pace.drain();
+            if self.inner.threads.join_until(deadline) {
+                return Ok(());
+            }
+        }
+        // ORDERING: Relaxed: read only by this coalescer's own `Drop`, which
+        // the caller's thread (or a later owner, through the handoff that
+        // moved the coalescer) runs after this.
+        self.inner.gave_up.store(true, Ordering::Relaxed);
+        Err(StillRunning {
+            keys: self.inner.core.registry.live_keys(),
+        })
     }
 
     /// The number of keys with a running or pending cycle; 0 once quiescent.
@@ -337,7 +379,10 @@ where
         loop {
             let begun = runner.begin();
             let began = self.pace.clock();
-            let result = catch_unwind(AssertUnwindSafe(|| (self.cycle)(&runner.key)));
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                let _mark = enter_cycle(std::ptr::from_ref(self) as usize, runner.slot_id());
+                (self.cycle)(&runner.key)
+            }));
             runner.finish(&self.core, &begun, result);
             if let Some(began) = began {
                 // The slot stays live meanwhile: requests coalesce into one
@@ -355,7 +400,13 @@ impl<K, S> Drop for Coalescer<K, S> {
     /// Shuts down (see [`Coalescer::shutdown`]): a coalescer joins the
     /// threads it started.
     fn drop(&mut self) {
-        self.inner.shutdown();
+        // ORDERING: Relaxed, see `shutdown_timeout`.
+        if self.inner.gave_up.load(Ordering::Relaxed) {
+            self.inner.core.registry.close();
+            self.inner.pace.drain();
+        } else {
+            self.inner.shutdown();
+        }
     }
 }
 
@@ -422,6 +473,37 @@ impl ThreadSet {
             })?;
         entries.push(Entry { finished, handle });
         Ok(())
+    }
+
+    /// Joins every finished thread until none is left but the caller's own,
+    /// or `deadline` passes (`None`: no deadline); whether all were joined.
+    /// Polls the threads' `finished` flags once a millisecond: this is only
+    /// for `shutdown_timeout`, where a cycle may never return.
+    fn join_until(&self, deadline: Option<Instant>) -> bool {
+        let me = thread::current().id();
+        loop {
+            let finished: Vec<Entry> = {
+                let mut entries = lock(&self.entries);
+                let (done, rest) = std::mem::take(&mut *entries).into_iter().partition(|e| {
+                    // ORDERING: Acquire pairs with the Release store in `SetOnDrop`.
+                    e.finished.load(Ordering::Acquire)
+                });
+                *entries = rest;
+                if entries.iter().all(|e| e.handle.thread().id() == me) && done.is_empty() {
+                    return true;
+                }
+                done
+            };
+            for entry in finished {
+                let _ = entry.handle.join();
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return lock(&self.entries)
+                    .iter()
+                    .all(|e| e.handle.thread().id() == me);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Joins every thread in the set except the caller's own (a thread

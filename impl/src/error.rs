@@ -41,6 +41,12 @@ pub enum RunError {
     /// but that cycle panicked. The panic was reported to the panic hook; the
     /// key is not stuck, and later requests start new cycles as usual.
     Panicked,
+    /// `request_and_wait` was called from inside a cycle of the same key (on
+    /// the cycle's own thread or task): it would wait for a cycle that
+    /// cannot begin until the calling cycle returns. Nothing was recorded.
+    /// Use `request` there instead: the follow-up cycle it asks for begins
+    /// after the calling cycle returns.
+    OwnCycle,
     /// The request was accepted, but the async coalescer was dropped without
     /// `shutdown().await`, which aborts its runners: the covering cycle was
     /// cancelled at an `.await`, or never began.
@@ -51,6 +57,10 @@ impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunError::Closed => fmt::Display::fmt(&Closed, f),
+            RunError::OwnCycle => f.write_str(
+                "request_and_wait called from inside a cycle of the same key, which would wait \
+                 for itself; nothing was recorded (use `request` to ask for a follow-up)",
+            ),
             RunError::Panicked => f.write_str(
                 "the cycle covering this request panicked (reported to the panic hook); \
                  the key is still usable",
@@ -70,3 +80,24 @@ impl From<Closed> for RunError {
         RunError::Closed
     }
 }
+
+/// `shutdown_timeout` gave up waiting: these keys still had a cycle running
+/// (or a follow-up pending) when the timeout passed. The coalescer is
+/// closed; their runners go on in the background.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StillRunning<K> {
+    /// The keys whose runners had not finished.
+    pub keys: Vec<K>,
+}
+
+impl<K> fmt::Display for StillRunning<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "shutdown timed out with {} key(s) still running a cycle",
+            self.keys.len()
+        )
+    }
+}
+
+impl<K: fmt::Debug> std::error::Error for StillRunning<K> {}

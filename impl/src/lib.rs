@@ -66,7 +66,7 @@ mod asynchronous;
 pub mod blocking;
 
 pub use asynchronous::{Builder, Coalescer, Wait};
-pub use error::{Admission, Closed, RunError};
+pub use error::{Admission, Closed, RunError, StillRunning};
 pub use panic::PanicReport;
 pub use stats::Stats;
 

@@ -10,13 +10,14 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::completion::Completion;
 use crate::error::Admission;
 use crate::slot::Slot;
 use crate::state::Requested;
 use crate::stats::Counters;
-use crate::sync::{read, write, Arc, AtomicBool, Ordering, RwLock, StatCounter};
+use crate::sync::{in_cycle_of, read, write, Arc, AtomicBool, Ordering, RwLock, StatCounter};
 
 type Shard<K, S> = RwLock<HashMap<K, Arc<Slot>, S>>;
 
@@ -47,6 +48,9 @@ pub(crate) struct Admitted {
 pub(crate) enum AdmitError<E> {
     /// The registry is closed: nothing was recorded.
     Closed,
+    /// A waiting request from inside a cycle of the same key: it would wait
+    /// for itself. Nothing was recorded.
+    OwnCycle,
     /// Starting the runner failed: the fresh slot was removed again before
     /// anyone could see it, so nothing was recorded.
     Start(E),
@@ -106,8 +110,13 @@ where
             if self.is_closed() {
                 return Err(rejected(counters));
             }
-            if let Some(admitted) = map.get(&key).and_then(|slot| join_live(slot, wait)) {
-                return Ok(coalesced(counters, admitted));
+            if let Some(slot) = map.get(&key) {
+                if wait && in_cycle_of(slot.id()) {
+                    return Err(AdmitError::OwnCycle);
+                }
+                if let Some(admitted) = join_live(slot, wait) {
+                    return Ok(coalesced(counters, admitted));
+                }
             }
         }
         // Slow path: no slot, or a dead one. Under the write lock nobody else
@@ -145,17 +154,73 @@ where
 
     /// Called by a runner right after its slot went dead: removes the slot
     /// from the map, unless a requester already replaced it with a fresh one.
+    ///
+    /// Runs the key's `Hash`, `Eq` and (for the map's copy) `Drop` on the
+    /// runner. If one of them panics, the slot is found by identity instead —
+    /// without calling them — so the runner never dies of a user's key and
+    /// the map keeps no dead slot.
     pub(crate) fn reclaim(&self, key: &K, slot: &Arc<Slot>) {
-        let mut map = write(self.shard(key));
-        // Under the lock: after the creator's increment (see `admit`).
-        // ORDERING: Relaxed, observation only (StatCounter).
-        self.active
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if map.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
-            map.remove(key);
+        let mut counted = false;
+        let by_key = catch_unwind(AssertUnwindSafe(|| {
+            let mut map = write(self.shard(key));
+            let removed = if map.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                map.remove_entry(key)
+            } else {
+                None
+            };
+            // Under the lock: after the creator's increment (see `admit`).
+            // ORDERING: Relaxed, observation only (StatCounter).
+            self.active
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            counted = true;
+            // A map that once held many keys gives the memory back (INV-6).
+            let len = map.len();
+            if map.capacity() > 64 && len * 4 < map.capacity() {
+                map.shrink_to(len * 2);
+            }
+            drop(map);
+            drop(removed); // the key's `Drop`, outside the lock
+        }));
+        if let Err(payload) = by_key {
+            for shard in self.shards.iter() {
+                let mut map = write(shard);
+                // Only a key's `Drop` can panic here; the map stays valid.
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    map.retain(|_, s| !Arc::ptr_eq(s, slot));
+                }));
+            }
+            if !counted {
+                // After taking every shard's lock, so after the creator's
+                // increment too.
+                // ORDERING: Relaxed, observation only (StatCounter).
+                self.active
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            crate::panic::dispose(payload);
+            tracing::error!(
+                target: "coalescer",
+                "a key's Hash, Eq or Drop panicked while its idle slot was removed; \
+                 removed it by identity instead"
+            );
         }
-        drop(map);
         tracing::debug!(target: "coalescer", "reclaimed");
+    }
+
+    /// The keys whose slot is live (a cycle running, pending or being paced).
+    pub(crate) fn live_keys(&self) -> Vec<K>
+    where
+        K: Clone,
+    {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                read(shard)
+                    .iter()
+                    .filter(|(_, slot)| slot.is_live())
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Slots still in the map, dead or alive (for tests of reclamation).
@@ -179,6 +244,15 @@ impl<K, S> Registry<K, S> {
         for shard in self.shards.iter() {
             drop(write(shard));
         }
+    }
+
+    /// Sets the closed flag without the barrier of [`close`](Self::close):
+    /// every admission from now on is rejected, with no promise about the
+    /// ones in flight. For a coalescer that can no longer run anything (its
+    /// runtime has shut down); safe to call while holding a shard lock.
+    pub(crate) fn mark_closed(&self) {
+        // ORDERING: Release pairs with the Acquire load in `is_closed`.
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Keys with a running or pending cycle.

@@ -16,7 +16,7 @@ use crate::panic::{self, PanicHook, PanicReport};
 use crate::registry::Registry;
 use crate::slot::{Begun, Slot};
 use crate::stats::Counters;
-use crate::sync::{Arc, BoxFuture};
+use crate::sync::{enter_cycle, Arc, BoxFuture};
 
 /// Options shared by every front end's builder.
 pub(crate) struct Options<K, S = RandomState> {
@@ -117,6 +117,11 @@ impl<K: Hash + Eq> Runner<K> {
         Runner { key, slot }
     }
 
+    /// The slot's identity, for marking the cycle this thread runs.
+    pub(crate) fn slot_id(&self) -> usize {
+        self.slot.id()
+    }
+
     /// Begins the next cycle (consumes the pending mark).
     pub(crate) fn begin(&self) -> Begun {
         self.slot.begin()
@@ -177,6 +182,17 @@ impl<K: Hash + Eq> Runner<K> {
         }
         core.registry.reclaim(&self.key, &self.slot);
     }
+
+    /// Tears down a runner whose task was dropped before its slot was
+    /// published (a shut-down runtime drops a task inside the spawn call,
+    /// while admission holds the shard's write lock): kills the slot and
+    /// resolves its waiter as aborted, without touching the map. Admission
+    /// then reports the request as not accepted.
+    pub(crate) fn abandon_unpublished(&self) {
+        if let Some(next) = self.slot.abandon() {
+            next.resolve(Outcome::Aborted);
+        }
+    }
 }
 
 /// A cycle future whose panics — while polled, or while dropped — are caught.
@@ -186,11 +202,17 @@ impl<K: Hash + Eq> Runner<K> {
 /// the inner future under `catch_unwind` too and discards any panic.
 pub(crate) struct Contained {
     cycle: Option<BoxFuture>,
+    /// The owner and slot whose cycle this is: marked as the thread's
+    /// current cycle while the future is polled.
+    mark: (usize, usize),
 }
 
 impl Contained {
-    pub(crate) fn new(cycle: BoxFuture) -> Self {
-        Contained { cycle: Some(cycle) }
+    pub(crate) fn new(cycle: BoxFuture, mark: (usize, usize)) -> Self {
+        Contained {
+            cycle: Some(cycle),
+            mark,
+        }
     }
 }
 
@@ -198,6 +220,7 @@ impl Future for Contained {
     type Output = Result<(), Box<dyn Any + Send>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _mark = enter_cycle(self.mark.0, self.mark.1);
         let Some(cycle) = self.cycle.as_mut() else {
             return Poll::Ready(Ok(()));
         };

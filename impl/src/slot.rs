@@ -45,6 +45,18 @@ impl Slot {
         }
     }
 
+    /// Whether a runner still owns the slot (for reporting only).
+    pub(crate) fn is_live(&self) -> bool {
+        // ORDERING: Relaxed: a snapshot for `shutdown_timeout`'s report; no
+        // decision of the protocol reads it.
+        state::is_live(self.state.load(Ordering::Relaxed))
+    }
+
+    /// This slot's identity for [`crate::sync::enter_cycle`].
+    pub(crate) fn id(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
     /// The `request` transition: a single wait-free RMW, no lock.
     pub(crate) fn request(&self) -> Requested {
         // ORDERING: AcqRel.

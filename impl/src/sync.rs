@@ -121,11 +121,76 @@ pub(crate) type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (
 // stand-in lets that parse resolve. It is never compiled into the library:
 // the examples link against the real one.
 #[cfg(all(doctest, not(loom)))]
-pub(crate) use self::doctest_tasks::{Handle, Pace, TaskSet};
+pub(crate) use self::doctest_tasks::{within, Handle, Pace, TaskSet};
 #[cfg(loom)]
-pub(crate) use self::loom_tasks::{Handle, Pace, TaskSet};
+pub(crate) use self::loom_tasks::{within, Handle, Pace, TaskSet};
 #[cfg(not(any(loom, doctest)))]
-pub(crate) use self::tokio_tasks::{Handle, Pace, TaskSet};
+pub(crate) use self::tokio_tasks::{within, Handle, Pace, TaskSet};
+
+// Which cycle this thread is running right now — its coalescer's and its
+// slot's addresses — so that `request_and_wait` from inside a cycle of the
+// same key is refused instead of waiting for itself, and an async `shutdown`
+// from inside one of its own cycles does not wait for itself either. Loom
+// threads share an OS thread, so under loom this is loom's thread-local.
+#[cfg(not(loom))]
+std::thread_local! {
+    static CURRENT_CYCLE: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+#[cfg(loom)]
+loom::thread_local! {
+    static CURRENT_CYCLE: std::cell::Cell<(usize, usize)> = std::cell::Cell::new((0, 0));
+}
+
+/// Marks this thread as running a cycle of the slot at `slot`, owned by the
+/// coalescer at `owner`, until the guard drops (restoring what was there).
+pub(crate) fn enter_cycle(owner: usize, slot: usize) -> CycleMark {
+    CycleMark(CURRENT_CYCLE.with(|c| c.replace((owner, slot))))
+}
+
+/// Whether this thread is running a cycle of the slot at `slot`.
+pub(crate) fn in_cycle_of(slot: usize) -> bool {
+    CURRENT_CYCLE.with(|c| c.get().1 == slot)
+}
+
+/// Whether this thread is running a cycle of the coalescer at `owner`.
+pub(crate) fn in_cycle_owned_by(owner: usize) -> bool {
+    CURRENT_CYCLE.with(|c| c.get().0 == owner)
+}
+
+/// Restores the previous mark when dropped (see [`enter_cycle`]).
+#[derive(Debug)]
+pub(crate) struct CycleMark((usize, usize));
+
+impl Drop for CycleMark {
+    fn drop(&mut self) {
+        CURRENT_CYCLE.with(|c| c.set(self.0));
+    }
+}
+
+/// The runtime refused a task: it has shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RuntimeGone;
+
+/// Whether this thread is inside `TaskSet::spawn` right now — where a task
+/// dropped by a shut-down runtime is dropped, while our caller holds a shard
+/// write lock. Never under loom, whose task set never drops a task.
+pub(crate) fn inside_spawn() -> bool {
+    #[cfg(not(any(loom, doctest)))]
+    {
+        tokio_tasks::SPAWN.with(|s| s.get() != tokio_tasks::Spawn::Outside)
+    }
+    #[cfg(any(loom, doctest))]
+    {
+        false
+    }
+}
+
+/// Called by a task's guard dropped inside `TaskSet::spawn`: that spawn then
+/// fails with `RuntimeGone`.
+pub(crate) fn dropped_in_spawn() {
+    #[cfg(not(any(loom, doctest)))]
+    tokio_tasks::SPAWN.with(|s| s.set(tokio_tasks::Spawn::Dropped));
+}
 
 /// Runs `future` on a new current-thread tokio runtime. For the doc
 /// examples, which cannot name tokio themselves (the loom build has none).
@@ -166,11 +231,21 @@ mod doctest_tasks {
         pub(crate) fn new(_: Handle) -> Self {
             TaskSet
         }
-        pub(crate) fn spawn(&self, _: BoxFuture) {}
+        pub(crate) fn spawn(&self, _: BoxFuture) -> Result<(), super::RuntimeGone> {
+            Ok(())
+        }
+        pub(crate) fn reap(&self) {}
         pub(crate) fn poll_drained(&self, _: &mut Context<'_>) -> Poll<()> {
             Poll::Ready(())
         }
         pub(crate) fn abort_all(&self) {}
+    }
+
+    pub(crate) async fn within<T>(
+        _: std::time::Duration,
+        f: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        Some(f.await)
     }
 
     #[derive(Debug)]
@@ -201,6 +276,19 @@ mod tokio_tasks {
     use tokio::sync::watch;
     use tokio::task::JoinSet;
     use tokio::time::{self, Instant};
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Spawn {
+        Outside,
+        Inside,
+        Dropped,
+    }
+
+    thread_local! {
+        /// Where this thread is with respect to `TaskSet::spawn`.
+        pub(super) static SPAWN: std::cell::Cell<Spawn> =
+            const { std::cell::Cell::new(Spawn::Outside) };
+    }
 
     use super::{lock, BoxFuture};
 
@@ -242,10 +330,28 @@ mod tokio_tasks {
             }
         }
 
-        pub(crate) fn spawn(&self, task: BoxFuture) {
+        /// Spawns `task`. A runtime that has shut down drops the task right
+        /// here, on this thread: the task's guard then sees
+        /// [`inside_spawn`](super::inside_spawn), must not take our locks,
+        /// calls [`dropped_in_spawn`](super::dropped_in_spawn), and this
+        /// returns `Err`.
+        pub(crate) fn spawn(&self, task: BoxFuture) -> Result<(), super::RuntimeGone> {
             let mut set = lock(&self.set);
             while set.try_join_next().is_some() {}
+            SPAWN.with(|s| s.set(Spawn::Inside));
             set.spawn_on(task, &self.handle);
+            match SPAWN.with(|s| s.replace(Spawn::Outside)) {
+                Spawn::Dropped => Err(super::RuntimeGone),
+                _ => Ok(()),
+            }
+        }
+
+        /// Forgets the tasks that have ended. Called by each runner as it
+        /// exits, so that a quiescent coalescer keeps at most the last one
+        /// (INV-6), not every task that ended since the last spawn.
+        pub(crate) fn reap(&self) {
+            let mut set = lock(&self.set);
+            while set.try_join_next().is_some() {}
         }
 
         /// Ready once every task in the set has ended (joined or aborted).
@@ -278,6 +384,29 @@ mod tokio_tasks {
         pub(crate) fn len(&self) -> usize {
             lock(&self.set).len()
         }
+    }
+
+    /// `f`'s output, or `None` if `timeout` (on tokio's clock) passes first.
+    /// On a runtime without the time driver, which cannot time anything,
+    /// waits for `f` without a timeout.
+    pub(crate) async fn within<T>(timeout: Duration, f: impl Future<Output = T>) -> Option<T> {
+        let sleep = std::panic::catch_unwind(|| Box::pin(time::sleep(timeout))).ok();
+        let mut f = pin!(f);
+        let mut sleep = sleep;
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = f.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            let timed_out = sleep
+                .as_mut()
+                .is_some_and(|s| s.as_mut().poll(cx).is_ready());
+            if timed_out {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// The async `min_interval` wait, on tokio's clock (so a paused test
@@ -381,10 +510,14 @@ mod loom_tasks {
             }
         }
 
-        pub(crate) fn spawn(&self, task: BoxFuture) {
+        pub(crate) fn spawn(&self, task: BoxFuture) -> Result<(), super::RuntimeGone> {
             let handle = thread::spawn(move || loom::future::block_on(task));
             lock(&self.threads).push(handle);
+            Ok(())
         }
+
+        /// Loom threads are joined by `poll_drained`.
+        pub(crate) fn reap(&self) {}
 
         /// Joins every thread (blocking the loom thread that polls).
         pub(crate) fn poll_drained(&self, _: &mut Context<'_>) -> Poll<()> {
@@ -402,6 +535,14 @@ mod loom_tasks {
         /// Loom threads cannot be cancelled; the runner loop's abort flag
         /// keeps them from beginning another cycle.
         pub(crate) fn abort_all(&self) {}
+    }
+
+    /// Loom does not model time: waits for `f`, never times out.
+    pub(crate) async fn within<T>(
+        _: std::time::Duration,
+        f: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        Some(f.await)
     }
 
     /// Loom does not model time: the `min_interval` wait is one yield — a

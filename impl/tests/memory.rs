@@ -1,0 +1,96 @@
+//! INV-6 at scale: after a million distinct keys, a quiescent coalescer
+//! holds no slot, and the heap is back to where it was. A counting global
+//! allocator measures live heap bytes; the test binary holds only this test,
+//! so nothing else allocates meanwhile.
+#![cfg(not(loom))]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+
+use coalescer::Coalescer;
+
+/// The system allocator, counting live bytes.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards every call to `System` unchanged, only counting sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `alloc`'s contract; passed through.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as isize, Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` with this `layout`; passed through.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size() as isize, Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller upholds `realloc`'s contract; passed through.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const KEYS: u64 = 1_000_000;
+
+/// Waits until no key is active (each check yields to the runners).
+async fn quiescent(c: &Coalescer<u64>) {
+    while c.active_keys() != 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+#[test]
+fn a_million_distinct_keys_leave_the_heap_where_it_was() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = Coalescer::new(|_key: u64| async {});
+        // Warm up whatever sizes itself lazily (the runtime's queues, the
+        // task set, the map shards at their floor), then take the baseline.
+        for key in 0..10_000 {
+            c.request(u64::MAX - key).unwrap();
+        }
+        quiescent(&c).await;
+        let baseline = LIVE.load(Relaxed);
+        let mut peak_active = 0;
+        for key in 0..KEYS {
+            c.request(key).unwrap();
+            if key % 4096 == 0 {
+                peak_active = peak_active.max(c.active_keys());
+                tokio::task::yield_now().await;
+            }
+        }
+        quiescent(&c).await;
+        let after = LIVE.load(Relaxed);
+        let growth = after - baseline;
+        eprintln!(
+            "memory: baseline {baseline} B, after {KEYS} keys {after} B ({growth:+} B, \
+             {:.3}%); at most {peak_active} keys active at once",
+            100.0 * growth as f64 / baseline as f64
+        );
+        assert_eq!(c.active_keys(), 0);
+        assert!(
+            growth.abs() * 100 <= baseline,
+            "heap not back within 1% of baseline: {baseline} -> {after}"
+        );
+        assert_eq!(c.stats().started + c.stats().coalesced, KEYS + 10_000);
+        c.shutdown().await;
+    });
+}

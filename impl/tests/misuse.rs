@@ -1,0 +1,332 @@
+//! Misuse and bad input: each case ends in a documented outcome — a typed
+//! error, or the caller's own panic — with no deadlock, no stranded request,
+//! and the coalescer still usable for other keys.
+#![cfg(not(loom))]
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use coalescer::blocking;
+use coalescer::{Admission, Closed, Coalescer, RunError};
+
+/// The payload of the panics the bad keys raise on purpose.
+const BAD_KEY: &str = "bad key (injected)";
+
+fn quiet_bad_key_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&BAD_KEY) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// What a cycle saw of its calls: (key waited for, result).
+type Outcomes = Vec<(u32, Result<(), RunError>)>;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Blocking: `request_and_wait` for the key whose cycle is running, from
+/// inside that cycle, is refused with `OwnCycle` (it would wait for itself);
+/// a plain `request` there is a follow-up; other keys can be waited for.
+#[test]
+fn request_and_wait_from_inside_its_own_cycle_is_an_error_not_a_deadlock() {
+    let seen: Arc<Mutex<Outcomes>> = Arc::default();
+    let c: Arc<Mutex<Option<Arc<blocking::Coalescer<u32>>>>> = Arc::default();
+    let (log, me) = (Arc::clone(&seen), Arc::clone(&c));
+    let cycles = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&cycles);
+    let coalescer = Arc::new(blocking::Coalescer::new(move |key: &u32| {
+        let n = counted.fetch_add(1, SeqCst);
+        if *key == 1 && n == 0 {
+            let c = me.lock().unwrap().clone().unwrap();
+            log.lock().unwrap().push((1, c.request_and_wait(1)));
+            log.lock().unwrap().push((2, c.request_and_wait(2)));
+            assert_eq!(c.request(1), Ok(Admission::Coalesced));
+        }
+    }));
+    *c.lock().unwrap() = Some(Arc::clone(&coalescer));
+    coalescer.request_and_wait(1).unwrap();
+    coalescer.shutdown();
+    *c.lock().unwrap() = None;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, [(1, Err(RunError::OwnCycle)), (2, Ok(()))]);
+    // Key 1: its first cycle, and the follow-up the plain request asked for.
+    assert_eq!(cycles.load(SeqCst), 3);
+}
+
+/// Async: the same, from inside the cycle's future, before and after an
+/// `.await`.
+#[test]
+fn async_request_and_wait_from_inside_its_own_cycle_is_an_error() {
+    runtime().block_on(async {
+        let me: Arc<Mutex<Option<Arc<Coalescer<u32>>>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<Result<(), RunError>>>> = Arc::default();
+        let (handle, log) = (Arc::clone(&me), Arc::clone(&seen));
+        let first = Arc::new(AtomicBool::new(true));
+        let c = Arc::new(Coalescer::new(move |key: u32| {
+            let (handle, log, first) = (Arc::clone(&handle), Arc::clone(&log), Arc::clone(&first));
+            async move {
+                if key == 1 && first.swap(false, SeqCst) {
+                    let c = handle.lock().unwrap().clone().unwrap();
+                    let before = c.request_and_wait(1).await;
+                    tokio::task::yield_now().await;
+                    let after = c.request_and_wait(1).await;
+                    let other = c.request_and_wait(2).await;
+                    log.lock().unwrap().extend([before, after, other]);
+                }
+            }
+        }));
+        *me.lock().unwrap() = Some(Arc::clone(&c));
+        c.request_and_wait(1).await.unwrap();
+        c.shutdown().await;
+        *me.lock().unwrap() = None;
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [Err(RunError::OwnCycle), Err(RunError::OwnCycle), Ok(())]
+        );
+    });
+}
+
+/// Async: `shutdown().await` from inside a cycle closes and returns instead
+/// of waiting for its own task; the drain still completes.
+#[test]
+fn async_shutdown_from_inside_a_cycle_does_not_deadlock() {
+    runtime().block_on(async {
+        let me: Arc<Mutex<Option<Arc<Coalescer<u32>>>>> = Arc::default();
+        let handle = Arc::clone(&me);
+        let c = Arc::new(Coalescer::new(move |_key: u32| {
+            let handle = Arc::clone(&handle);
+            async move {
+                let c = handle.lock().unwrap().clone();
+                if let Some(c) = c {
+                    c.shutdown().await;
+                    assert_eq!(c.request(9), Err(Closed));
+                }
+            }
+        }));
+        *me.lock().unwrap() = Some(Arc::clone(&c));
+        assert_eq!(c.request_and_wait(1).await, Ok(()));
+        *me.lock().unwrap() = None;
+        c.shutdown().await;
+        assert_eq!(c.active_keys(), 0);
+        assert_eq!(c.request(1), Err(Closed));
+    });
+}
+
+/// Blocking: a cycle that does not return within the timeout is reported by
+/// key; the coalescer is closed; the stuck runner does not block `Drop`.
+#[test]
+fn shutdown_timeout_reports_the_keys_still_running() {
+    let (release, stuck) = channel::<()>();
+    let stuck = Mutex::new(stuck);
+    let c = blocking::Coalescer::new(move |key: &u32| {
+        if *key == 7 {
+            let _ = stuck.lock().unwrap().recv();
+        }
+    });
+    c.request(7).unwrap();
+    c.request_and_wait(8).unwrap();
+    let err = c.shutdown_timeout(Duration::from_millis(20)).unwrap_err();
+    assert_eq!(err.keys, [7]);
+    assert_eq!(c.request(1), Err(Closed));
+    drop(c); // must not join the stuck runner
+    drop(release); // lets it finish in the background
+}
+
+/// Blocking: with nothing stuck, `shutdown_timeout` is a drain.
+#[test]
+fn shutdown_timeout_drains_like_shutdown() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&runs);
+    let c = blocking::Coalescer::new(move |_: &u32| {
+        counted.fetch_add(1, SeqCst);
+    });
+    for k in 0..100 {
+        c.request(k).unwrap();
+    }
+    assert_eq!(c.shutdown_timeout(Duration::from_secs(3600)), Ok(()));
+    assert_eq!(runs.load(SeqCst), 100);
+    assert_eq!(c.active_keys(), 0);
+}
+
+/// Async: a cycle that never completes is reported by key after the
+/// timeout (paused clock: no real waiting); dropping then aborts it.
+#[tokio::test(start_paused = true)]
+async fn async_shutdown_timeout_reports_the_keys_still_running() {
+    let c = Coalescer::new(|key: u32| async move {
+        if key == 7 {
+            std::future::pending::<()>().await;
+        }
+    });
+    c.request(7).unwrap();
+    c.request_and_wait(8).await.unwrap();
+    let wait = c.request_and_wait(7);
+    let err = c
+        .shutdown_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(err.keys, [7]);
+    drop(c);
+    assert_eq!(wait.await, Err(RunError::Aborted));
+}
+
+/// A key whose `Hash`, `Eq` or `Drop` panics, as the test says.
+#[derive(Debug, Clone)]
+struct BadKey {
+    id: u32,
+    hash_panics: bool,
+    eq_panics: bool,
+    drop_panics: bool,
+}
+
+impl BadKey {
+    fn good(id: u32) -> Self {
+        BadKey {
+            id,
+            hash_panics: false,
+            eq_panics: false,
+            drop_panics: false,
+        }
+    }
+}
+
+impl Hash for BadKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        if self.hash_panics {
+            std::panic::panic_any(BAD_KEY);
+        }
+        self.id.hash(state);
+    }
+}
+
+impl PartialEq for BadKey {
+    fn eq(&self, other: &Self) -> bool {
+        if self.eq_panics || other.eq_panics {
+            std::panic::panic_any(BAD_KEY);
+        }
+        self.id == other.id
+    }
+}
+
+impl Eq for BadKey {}
+
+impl Drop for BadKey {
+    fn drop(&mut self) {
+        if self.drop_panics && !std::thread::panicking() {
+            std::panic::panic_any(BAD_KEY);
+        }
+    }
+}
+
+/// Exercises good keys around a bad one: all requests for good keys are
+/// served, and the coalescer drains to no active key.
+fn survives_bad_keys(c: &blocking::Coalescer<BadKey>, runs: &AtomicUsize) {
+    // Hash panics: reaches the caller, nothing recorded.
+    let bad_hash = BadKey {
+        hash_panics: true,
+        ..BadKey::good(1)
+    };
+    assert!(catch_unwind(AssertUnwindSafe(|| c.request(bad_hash.clone()))).is_err());
+    assert_eq!(c.request_and_wait(BadKey::good(2)), Ok(()));
+    // Eq panics: the first request finds no slot (no comparison) and starts
+    // a runner; the runner's reclamation compares, and must survive it.
+    let bad_eq = BadKey {
+        eq_panics: true,
+        ..BadKey::good(3)
+    };
+    assert_eq!(c.request(bad_eq.clone()), Ok(Admission::Started));
+    assert_eq!(c.request_and_wait(BadKey::good(4)), Ok(()));
+    // Drop panics: in the runner and in the map's copy.
+    let bad_drop = BadKey {
+        drop_panics: true,
+        ..BadKey::good(5)
+    };
+    let _ = catch_unwind(AssertUnwindSafe(|| c.request(bad_drop.clone())));
+    assert_eq!(c.request_and_wait(BadKey::good(6)), Ok(()));
+    c.shutdown();
+    assert_eq!(c.active_keys(), 0, "a bad key's slot was not reclaimed");
+    // Keys 2, 3, 4, 5, 6 ran (key 1 never got in).
+    assert_eq!(runs.load(SeqCst), 5);
+    std::mem::forget(bad_drop);
+    std::mem::forget(bad_hash);
+    std::mem::forget(bad_eq);
+}
+
+#[test]
+fn keys_whose_hash_eq_or_drop_panic_do_not_break_the_coalescer() {
+    quiet_bad_key_panics();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let c = blocking::Coalescer::builder()
+        .shards(1) // every key in one shard: the bad ones share it
+        .build(move |_: &BadKey| {
+            counted.fetch_add(1, SeqCst);
+        });
+    survives_bad_keys(&c, &runs);
+}
+
+/// A runtime that shuts down under the coalescer: waiters get `Aborted`
+/// (their task was dropped), later requests get `Closed`, nothing hangs.
+#[test]
+fn a_runtime_shut_down_under_the_coalescer_closes_it() {
+    let rt = runtime();
+    let c = rt
+        .block_on(async { Coalescer::new(|_: u32| async { std::future::pending::<()>().await }) });
+    rt.block_on(async {
+        c.request(1).unwrap();
+        tokio::task::yield_now().await;
+    });
+    let wait = c.request_and_wait(1);
+    rt.shutdown_background();
+    let block_on = |f| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    };
+    assert_eq!(block_on(wait), Err(RunError::Aborted));
+    // The next request's task is dropped by the dead runtime inside the
+    // spawn: rejected, and the coalescer closes itself.
+    assert_eq!(c.request(2), Err(Closed));
+    assert_eq!(c.request(3), Err(Closed));
+    assert_eq!(c.active_keys(), 0);
+    drop(c);
+}
+
+/// The hasher is the builder's: a custom `BuildHasher` places the keys (the
+/// default, `RandomState`, is SipHash with per-process random keys).
+#[test]
+fn a_custom_hasher_is_used() {
+    #[derive(Clone, Default)]
+    struct Counting(Arc<AtomicUsize>, RandomState);
+    impl BuildHasher for Counting {
+        type Hasher = <RandomState as BuildHasher>::Hasher;
+        fn build_hasher(&self) -> Self::Hasher {
+            self.0.fetch_add(1, SeqCst);
+            self.1.build_hasher()
+        }
+    }
+    let hasher = Counting::default();
+    let built = Arc::clone(&hasher.0);
+    let c = blocking::Coalescer::builder()
+        .hasher(hasher)
+        .build(|_: &u32| {});
+    c.request_and_wait(1).unwrap();
+    c.shutdown();
+    assert!(built.load(SeqCst) > 0);
+}
