@@ -1,0 +1,163 @@
+//! Shared by the criterion benches (`benches/coalesce.rs`) and the
+//! `summary` binary: the baselines — a faithful port of the Go algorithm —
+//! and coalescers whose keys are held "running", so every request measured
+//! takes the coalesced path.
+//!
+//! ```text
+//! cargo bench -p coalescer-benches                     # measure (about 2 minutes)
+//! cargo run -p coalescer-benches --release --bin summary   # ratio table, burst, memory
+//! ```
+#![cfg(not(loom))]
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use coalescer::Coalescer;
+
+/// The Go implementation's per-key state.
+#[derive(Debug, Default)]
+struct GoState {
+    running: bool,
+    pending: bool,
+}
+
+/// The Go algorithm, ported faithfully: a global `RwLock<HashMap>` of
+/// per-key `Arc<Mutex<{running, pending}>>`. A request takes the read lock,
+/// clones the key's `Arc`, locks it, sets `pending`, and returns if the key
+/// is running (the only path the benches take: every key is held running).
+#[derive(Debug)]
+pub struct GoPort<K> {
+    map: RwLock<HashMap<K, Arc<Mutex<GoState>>>>,
+}
+
+impl<K: Hash + Eq + Clone> GoPort<K> {
+    /// A port with `keys` all marked running (their "goroutines" never end).
+    pub fn running(keys: &[K]) -> Self {
+        let map = keys
+            .iter()
+            .map(|k| {
+                let state = GoState {
+                    running: true,
+                    pending: false,
+                };
+                (k.clone(), Arc::new(Mutex::new(state)))
+            })
+            .collect();
+        GoPort {
+            map: RwLock::new(map),
+        }
+    }
+
+    /// One request; `true` if it would have started a run.
+    pub fn request(&self, key: &K) -> bool {
+        let entry = self.map.read().unwrap().get(key).cloned();
+        let entry = match entry {
+            Some(entry) => entry,
+            None => Arc::clone(self.map.write().unwrap().entry(key.clone()).or_default()),
+        };
+        let mut state = entry.lock().unwrap();
+        if state.running {
+            state.pending = true;
+            return false;
+        }
+        state.running = true;
+        true
+    }
+}
+
+/// An async coalescer whose every key in `keys` has a cycle running that
+/// never ends until the coalescer is dropped (which aborts them; the runtime
+/// is dropped after it, fields dropping in order), on its own runtime.
+#[derive(Debug)]
+pub struct Held<K> {
+    /// The coalescer; `request` on a held key takes the coalesced path.
+    pub coalescer: Coalescer<K>,
+    /// Runs the held cycles; dropped after the coalescer.
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl<K> Held<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// Holds every key in `keys` running.
+    pub fn new(keys: &[K]) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let started = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&started);
+        let coalescer = runtime.block_on(async move {
+            Coalescer::new(move |_key: K| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                std::future::pending::<()>()
+            })
+        });
+        for k in keys {
+            coalescer.request(k.clone()).expect("open");
+        }
+        while started.load(Ordering::Relaxed) < keys.len() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Held {
+            coalescer,
+            _runtime: runtime,
+        }
+    }
+}
+
+/// `u64` workspace ids `0..n`.
+pub fn u64_keys(n: usize) -> Vec<u64> {
+    (0..n as u64).collect()
+}
+
+/// `String` workspace ids like `"ws-000123"`.
+pub fn string_keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("ws-{i:06}")).collect()
+}
+
+/// Runs `op(thread, i)` for `i in 0..iters` on each of `threads` threads at
+/// once, and returns the wall time from the common start to the last
+/// finish: `iters` iterations of all threads together.
+pub fn on_threads(threads: usize, iters: u64, op: impl Fn(usize, u64) + Sync) -> Duration {
+    let start = Barrier::new(threads + 1);
+    let (op, start) = (&op, &start);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    start.wait();
+                    for i in 0..iters {
+                        op(t, i);
+                    }
+                    Instant::now()
+                })
+            })
+            .collect();
+        start.wait();
+        let began = Instant::now();
+        let ended = workers
+            .into_iter()
+            .map(|w| w.join().expect("a bench thread"))
+            .max()
+            .unwrap_or(began);
+        ended - began
+    })
+}
+
+/// The next key index for thread `t`'s `i`th request over `n` keys: the two
+/// threads walk the keys in different orders, so they rarely touch the
+/// same key at once.
+pub fn spread(t: usize, i: u64, n: usize) -> usize {
+    let i = i as usize;
+    if t == 0 {
+        i % n
+    } else {
+        (n - 1) - (i.wrapping_mul(7) % n)
+    }
+}
