@@ -268,18 +268,19 @@ where
 
     fn admit(&self, key: K, wait: bool) -> Result<(Admission, Option<Arc<Completion>>), RunError> {
         let inner = &self.inner;
-        let admitted = inner
-            .core
-            .registry
-            .admit(key, wait, &inner.core.counters, |key, slot| {
-                let guard = Abandon {
-                    inner: Arc::clone(inner),
-                    runner: Runner::new(key.clone(), Arc::clone(slot)),
-                    current: None,
-                    armed: true,
-                };
-                inner.tasks.spawn(Box::pin(run(guard)))
-            });
+        let admitted =
+            inner
+                .core
+                .registry
+                .admit(key, wait, &inner.core.counters, |key, slot, hash| {
+                    let guard = Abandon {
+                        inner: Arc::clone(inner),
+                        runner: Runner::new(key.clone(), Arc::clone(slot), hash),
+                        current: None,
+                        armed: true,
+                    };
+                    inner.tasks.spawn(Box::pin(run(guard)))
+                });
         match admitted {
             Ok(a) => Ok((a.admission, a.completion)),
             Err(AdmitError::Closed) => Err(RunError::Closed),

@@ -285,14 +285,15 @@ where
         wait: bool,
     ) -> Result<(Admission, Option<Arc<crate::completion::Completion>>), RunError> {
         let inner = &self.inner;
-        let admitted = inner
-            .core
-            .registry
-            .admit(key, wait, &inner.core.counters, |key, slot| {
-                let runner = Runner::new(key.clone(), Arc::clone(slot));
-                let owner = Arc::clone(inner);
-                inner.threads.spawn(move || owner.run(runner))
-            });
+        let admitted =
+            inner
+                .core
+                .registry
+                .admit(key, wait, &inner.core.counters, |key, slot, hash| {
+                    let runner = Runner::new(key.clone(), Arc::clone(slot), hash);
+                    let owner = Arc::clone(inner);
+                    inner.threads.spawn(move || owner.run(runner))
+                });
         match admitted {
             Ok(a) => Ok((a.admission, a.completion)),
             Err(AdmitError::Closed) => Err(RunError::Closed),

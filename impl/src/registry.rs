@@ -1,14 +1,17 @@
 //! The keyed map of active slots, the `closed` flag, admission and
 //! reclamation.
 //!
-//! The map is split into shards, each a `RwLock<HashMap<K, Arc<Slot>>>`.
+//! The map is split into shards, each a `RwLock<HashTable<Entry<K>>>`: a
+//! hash table that stores each key's hash with it, so a key is hashed once
+//! per request (the same hash picks the shard and the bucket), and the
+//! runner, which keeps the hash, removes its slot without calling the key's
+//! `Hash` or `Eq` at all.
 //! A request for an active key takes its shard's read lock and does the one
 //! `fetch_or` of [`Slot::request`] — readers never block each other. The
 //! write lock is taken only to create a slot (a key becoming active), to
 //! remove one (a key going idle), and once per shard by [`Registry::close`].
 //! No lock is ever held while a cycle runs.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -19,11 +22,22 @@ use crate::state::Requested;
 use crate::stats::Counters;
 use crate::sync::{in_cycle_of, read, write, Arc, AtomicBool, Ordering, RwLock, StatCounter};
 
-type Shard<K, S> = RwLock<HashMap<K, Arc<Slot>, S>>;
+use hashbrown::hash_table::Entry as TableEntry;
+use hashbrown::HashTable;
+
+/// One active key: its hash (computed once, at admission), the key, and its
+/// slot.
+struct Entry<K> {
+    hash: u64,
+    key: K,
+    slot: Arc<Slot>,
+}
+
+type Shard<K> = RwLock<HashTable<Entry<K>>>;
 
 /// Every active key's slot, and whether admission is closed.
 pub(crate) struct Registry<K, S> {
-    shards: Box<[Shard<K, S>]>,
+    shards: Box<[Shard<K>]>,
     /// `shards.len() - 1`; the length is a power of two.
     mask: usize,
     hasher: S,
@@ -65,9 +79,7 @@ where
     pub(crate) fn new(shards: usize, hasher: S) -> Self {
         let n = shards.max(1).next_power_of_two();
         Registry {
-            shards: (0..n)
-                .map(|_| RwLock::new(HashMap::with_hasher(hasher.clone())))
-                .collect(),
+            shards: (0..n).map(|_| RwLock::new(HashTable::new())).collect(),
             mask: n - 1,
             hasher,
             closed: AtomicBool::new(false),
@@ -75,10 +87,17 @@ where
         }
     }
 
-    fn shard(&self, key: &K) -> &Shard<K, S> {
-        // Truncating the hash is intended: only its low bits pick the shard.
-        let h = self.hasher.hash_one(key) as usize;
-        &self.shards[h & self.mask]
+    /// The key's hash, computed once per request.
+    fn hash(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard of a key with hash `hash`. The table uses the hash's low
+    /// bits (bucket) and top seven (tag); the shard takes bits from the
+    /// middle, so that within a shard the buckets still spread.
+    fn shard(&self, hash: u64) -> &Shard<K> {
+        // Truncation intended: only these bits pick the shard.
+        &self.shards[(hash >> 32) as usize & self.mask]
     }
 
     fn is_closed(&self) -> bool {
@@ -101,16 +120,17 @@ where
         key: K,
         wait: bool,
         counters: &Counters,
-        start: impl FnOnce(&K, &Arc<Slot>) -> Result<(), E>,
+        start: impl FnOnce(&K, &Arc<Slot>, u64) -> Result<(), E>,
     ) -> Result<Admitted, AdmitError<E>> {
-        let shard = self.shard(&key);
+        let hash = self.hash(&key);
+        let shard = self.shard(hash);
         // Fast path: the key is active and its slot live. One read lock, one RMW.
         {
             let map = read(shard);
             if self.is_closed() {
                 return Err(rejected(counters));
             }
-            if let Some(slot) = map.get(&key) {
+            if let Some(Entry { slot, .. }) = map.find(hash, |e| e.key == key) {
                 if wait && in_cycle_of(slot.id()) {
                     return Err(AdmitError::OwnCycle);
                 }
@@ -126,14 +146,15 @@ where
             return Err(rejected(counters));
         }
         // Someone may have created a fresh slot since we looked.
-        if let Some(admitted) = map.get(&key).and_then(|slot| join_live(slot, wait)) {
+        let found = map.find(hash, |e| e.key == key);
+        if let Some(admitted) = found.and_then(|e| join_live(&e.slot, wait)) {
             return Ok(coalesced(counters, admitted));
         }
         // The key is idle (no slot, or a dead slot its runner has not removed
         // yet): create its slot, replacing any dead one.
         let completion = wait.then(|| Arc::new(Completion::new(1)));
         let slot = Arc::new(Slot::fresh(completion.clone()));
-        if let Err(e) = start(&key, &slot) {
+        if let Err(e) = start(&key, &slot, hash) {
             // Nobody has seen `slot`: it was never in the map.
             return Err(AdmitError::Start(e));
         }
@@ -142,7 +163,13 @@ where
         // ORDERING: Relaxed, observation only (StatCounter).
         self.active
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        map.insert(key, slot);
+        // Replace a dead slot whose runner has not removed it yet, or add.
+        match map.entry(hash, |e| e.key == key, |e| e.hash) {
+            TableEntry::Occupied(mut dead) => dead.get_mut().slot = slot,
+            TableEntry::Vacant(absent) => {
+                absent.insert(Entry { hash, key, slot });
+            }
+        }
         drop(map);
         Counters::bump(&counters.started);
         tracing::debug!(target: "coalescer", "started");
@@ -155,53 +182,31 @@ where
     /// Called by a runner right after its slot went dead: removes the slot
     /// from the map, unless a requester already replaced it with a fresh one.
     ///
-    /// Runs the key's `Hash`, `Eq` and (for the map's copy) `Drop` on the
-    /// runner. If one of them panics, the slot is found by identity instead —
-    /// without calling them — so the runner never dies of a user's key and
-    /// the map keeps no dead slot.
-    pub(crate) fn reclaim(&self, key: &K, slot: &Arc<Slot>) {
-        let mut counted = false;
-        let by_key = catch_unwind(AssertUnwindSafe(|| {
-            let mut map = write(self.shard(key));
-            let removed = if map.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
-                map.remove_entry(key)
-            } else {
-                None
-            };
-            // Under the lock: after the creator's increment (see `admit`).
-            // ORDERING: Relaxed, observation only (StatCounter).
-            self.active
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            counted = true;
-            // A map that once held many keys gives the memory back (INV-6).
-            let len = map.len();
-            if map.capacity() > 64 && len * 4 < map.capacity() {
-                map.shrink_to(len * 2);
+    /// The slot is found by the hash the runner kept and by identity: no
+    /// user code runs here except the key's `Drop` for the map's copy, which
+    /// is contained, so a runner never dies of its key.
+    pub(crate) fn reclaim(&self, hash: u64, slot: &Arc<Slot>) {
+        let mut map = write(self.shard(hash));
+        let removed = match map.find_entry(hash, |e| Arc::ptr_eq(&e.slot, slot)) {
+            Ok(entry) => Some(entry.remove().0),
+            Err(_) => None,
+        };
+        // Under the lock: after the creator's increment (see `admit`).
+        // ORDERING: Relaxed, observation only (StatCounter).
+        self.active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // A table that once held many keys gives the memory back (INV-6).
+        let len = map.len();
+        if map.capacity() > 64 && len * 4 < map.capacity() {
+            map.shrink_to(len * 2, |e| e.hash);
+        }
+        drop(map);
+        if let Some(entry) = removed {
+            // The key's `Drop`, outside the lock.
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(entry))) {
+                crate::panic::dispose(payload);
+                tracing::error!(target: "coalescer", "a key's Drop panicked when its idle slot was removed");
             }
-            drop(map);
-            drop(removed); // the key's `Drop`, outside the lock
-        }));
-        if let Err(payload) = by_key {
-            for shard in self.shards.iter() {
-                let mut map = write(shard);
-                // Only a key's `Drop` can panic here; the map stays valid.
-                let _ = catch_unwind(AssertUnwindSafe(|| {
-                    map.retain(|_, s| !Arc::ptr_eq(s, slot));
-                }));
-            }
-            if !counted {
-                // After taking every shard's lock, so after the creator's
-                // increment too.
-                // ORDERING: Relaxed, observation only (StatCounter).
-                self.active
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            crate::panic::dispose(payload);
-            tracing::error!(
-                target: "coalescer",
-                "a key's Hash, Eq or Drop panicked while its idle slot was removed; \
-                 removed it by identity instead"
-            );
         }
         tracing::debug!(target: "coalescer", "reclaimed");
     }
@@ -216,8 +221,8 @@ where
             .flat_map(|shard| {
                 read(shard)
                     .iter()
-                    .filter(|(_, slot)| slot.is_live())
-                    .map(|(k, _)| k.clone())
+                    .filter(|e| e.slot.is_live())
+                    .map(|e| e.key.clone())
                     .collect::<Vec<_>>()
             })
             .collect()

@@ -110,11 +110,13 @@ where
 pub(crate) struct Runner<K> {
     pub(crate) key: K,
     slot: Arc<Slot>,
+    /// The key's hash, from admission: reclamation finds the slot by it.
+    hash: u64,
 }
 
 impl<K: Hash + Eq> Runner<K> {
-    pub(crate) fn new(key: K, slot: Arc<Slot>) -> Self {
-        Runner { key, slot }
+    pub(crate) fn new(key: K, slot: Arc<Slot>, hash: u64) -> Self {
+        Runner { key, slot, hash }
     }
 
     /// The slot's identity, for marking the cycle this thread runs.
@@ -158,7 +160,7 @@ impl<K: Hash + Eq> Runner<K> {
     /// makes `go_idle` fail and gets its follow-up (D2).
     pub(crate) fn settle<S: BuildHasher + Clone>(&self, core: &Core<K, S>, begun: &Begun) -> bool {
         if self.slot.go_idle(begun) {
-            core.registry.reclaim(&self.key, &self.slot);
+            core.registry.reclaim(self.hash, &self.slot);
             false
         } else {
             true
@@ -180,7 +182,7 @@ impl<K: Hash + Eq> Runner<K> {
         if let Some(next) = self.slot.abandon() {
             next.resolve(Outcome::Aborted);
         }
-        core.registry.reclaim(&self.key, &self.slot);
+        core.registry.reclaim(self.hash, &self.slot);
     }
 
     /// Tears down a runner whose task was dropped before its slot was
