@@ -355,7 +355,7 @@ where
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        self.inner.core.counters.snapshot()
+        self.inner.core.stats()
     }
 }
 
@@ -414,7 +414,7 @@ impl<K, S> Drop for Coalescer<K, S> {
 impl<K, S> fmt::Debug for Coalescer<K, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Coalescer")
-            .field("stats", &self.inner.core.counters.snapshot())
+            .field("stats", &self.inner.core.stats())
             .finish_non_exhaustive()
     }
 }

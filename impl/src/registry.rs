@@ -36,15 +36,20 @@ struct Entry<K> {
 /// A shard on cache lines of its own: its lock word is written by every
 /// request (the read lock is an RMW), so two shards sharing a line would
 /// make requests for unrelated keys contend. 128 bytes: x86 prefetches lines
-/// in pairs.
+/// in pairs. The shard's count of coalesced requests sits on the same line,
+/// which those requests write anyway, so counting costs no extra line.
 #[repr(align(128))]
-struct Shard<K>(RwLock<HashTable<Entry<K>>>);
+struct Shard<K> {
+    map: RwLock<HashTable<Entry<K>>>,
+    /// Requests folded into a live slot of this shard (see `Stats`).
+    coalesced: StatCounter,
+}
 
 impl<K> std::ops::Deref for Shard<K> {
     type Target = RwLock<HashTable<Entry<K>>>;
 
     fn deref(&self) -> &Self::Target {
-        &self.0
+        &self.map
     }
 }
 
@@ -93,7 +98,10 @@ where
         let n = shards.max(1).next_power_of_two();
         Registry {
             shards: (0..n)
-                .map(|_| Shard(RwLock::new(HashTable::new())))
+                .map(|_| Shard {
+                    map: RwLock::new(HashTable::new()),
+                    coalesced: StatCounter::new(0),
+                })
                 .collect(),
             mask: n - 1,
             hasher,
@@ -150,7 +158,7 @@ where
                     return Err(AdmitError::OwnCycle);
                 }
                 if let Some(admitted) = join_live(slot, wait) {
-                    return Ok(coalesced(counters, admitted));
+                    return Ok(coalesced(shard, admitted));
                 }
             }
         }
@@ -163,7 +171,7 @@ where
         // Someone may have created a fresh slot since we looked.
         let found = map.find(hash, |e| e.key == key);
         if let Some(admitted) = found.and_then(|e| join_live(&e.slot, wait)) {
-            return Ok(coalesced(counters, admitted));
+            return Ok(coalesced(shard, admitted));
         }
         // The key is idle (no slot, or a dead slot its runner has not removed
         // yet): create its slot, replacing any dead one.
@@ -275,6 +283,15 @@ impl<K, S> Registry<K, S> {
         self.closed.store(true, Ordering::Release);
     }
 
+    /// Requests folded into a live slot, over all shards.
+    pub(crate) fn coalesced(&self) -> u64 {
+        // ORDERING: Relaxed, observation only (StatCounter).
+        self.shards
+            .iter()
+            .map(|s| s.coalesced.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
     /// Keys with a running or pending cycle.
     pub(crate) fn active_keys(&self) -> usize {
         // ORDERING: Relaxed, observation only (StatCounter).
@@ -288,9 +305,9 @@ fn rejected<E>(counters: &Counters) -> AdmitError<E> {
     AdmitError::Closed
 }
 
-/// Counts a request folded into an active runner.
-fn coalesced(counters: &Counters, admitted: Admitted) -> Admitted {
-    Counters::bump(&counters.coalesced);
+/// Counts a request folded into an active runner, in its shard.
+fn coalesced<K>(shard: &Shard<K>, admitted: Admitted) -> Admitted {
+    Counters::bump(&shard.coalesced);
     tracing::debug!(target: "coalescer", "coalesced");
     admitted
 }

@@ -104,6 +104,13 @@ where
     }
 }
 
+impl<K, S> Core<K, S> {
+    /// A snapshot of the counters.
+    pub(crate) fn stats(&self) -> crate::stats::Stats {
+        self.counters.snapshot(self.registry.coalesced())
+    }
+}
+
 /// One key's runner: started by the request that created `slot`, it runs
 /// cycles until the slot goes idle, then removes the slot from the map.
 #[derive(Debug)]

@@ -36,7 +36,8 @@ pub struct Stats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) started: StatCounter,
-    pub(crate) coalesced: StatCounter,
+    // `coalesced` is counted per map shard, on the line each request writes
+    // anyway (`Registry::coalesced`).
     pub(crate) rejected: StatCounter,
     pub(crate) cycles: StatCounter,
     pub(crate) panics: StatCounter,
@@ -49,11 +50,10 @@ impl Counters {
         c.fetch_add(1, Relaxed);
     }
 
-    /// Reads every counter.
-    pub(crate) fn snapshot(&self) -> Stats {
+    /// Reads every counter; `coalesced` is the registry's sum over shards.
+    pub(crate) fn snapshot(&self, coalesced: u64) -> Stats {
         // ORDERING: Relaxed loads, statistics only; pair with nothing.
         let started = self.started.load(Relaxed);
-        let coalesced = self.coalesced.load(Relaxed);
         // Derived rather than counted: one shared RMW less per request.
         Stats {
             requests: started + coalesced,
