@@ -125,7 +125,7 @@ impl<K, S> Builder<K, S> {
     }
 
     /// Sets the number of map shards (rounded up to a power of two, at
-    /// least 1).
+    /// least 1, at most 65 536).
     #[must_use]
     pub fn shards(self, shards: usize) -> Self {
         Builder {

@@ -152,8 +152,8 @@ impl<K, S> Builder<K, S> {
     }
 
     /// Sets the number of map shards (rounded up to a power of two, at
-    /// least 1). More shards mean fewer requests contending on one lock when
-    /// keys become active or idle.
+    /// least 1, at most 65 536). More shards mean fewer requests contending
+    /// on one lock when keys become active or idle.
     #[must_use]
     pub fn shards(self, shards: usize) -> Self {
         Builder {

@@ -66,6 +66,9 @@ pub(crate) struct Registry<K, S> {
     active: StatCounter,
 }
 
+/// The most shards a registry has, whatever the builder was asked for.
+pub(crate) const MAX_SHARDS: usize = 1 << 16;
+
 /// An accepted request.
 #[derive(Debug)]
 pub(crate) struct Admitted {
@@ -93,9 +96,10 @@ where
     K: Hash + Eq,
     S: BuildHasher + Clone,
 {
-    /// A registry with at least `shards` shards (rounded up to a power of two).
+    /// A registry with `shards` shards, rounded up to a power of two and
+    /// clamped to `1..=MAX_SHARDS` (so no request for shards can overflow).
     pub(crate) fn new(shards: usize, hasher: S) -> Self {
-        let n = shards.max(1).next_power_of_two();
+        let n = shards.clamp(1, MAX_SHARDS).next_power_of_two();
         Registry {
             shards: (0..n)
                 .map(|_| Shard {

@@ -330,3 +330,15 @@ fn a_custom_hasher_is_used() {
     c.shutdown();
     assert!(built.load(SeqCst) > 0);
 }
+
+/// Absurd shard counts are clamped, not an overflow or a huge allocation.
+#[test]
+fn any_shard_count_is_accepted() {
+    for shards in [0, 1, 3, usize::MAX] {
+        let c = blocking::Coalescer::builder()
+            .shards(shards)
+            .build(|_: &u32| {});
+        c.request_and_wait(1).unwrap();
+        c.shutdown();
+    }
+}
