@@ -338,9 +338,17 @@ mod tokio_tasks {
         pub(crate) fn spawn(&self, task: BoxFuture) -> Result<(), super::RuntimeGone> {
             let mut set = lock(&self.set);
             while set.try_join_next().is_some() {}
+            /// Puts the marker back however `spawn_on` returns.
+            struct Outside;
+            impl Drop for Outside {
+                fn drop(&mut self) {
+                    SPAWN.with(|s| s.set(Spawn::Outside));
+                }
+            }
             SPAWN.with(|s| s.set(Spawn::Inside));
+            let _outside = Outside;
             set.spawn_on(task, &self.handle);
-            match SPAWN.with(|s| s.replace(Spawn::Outside)) {
+            match SPAWN.with(|s| s.get()) {
                 Spawn::Dropped => Err(super::RuntimeGone),
                 _ => Ok(()),
             }
