@@ -315,7 +315,7 @@ where
     /// cycles after the calling cycle returns, and is joined by a later
     /// `shutdown` or by `Drop`.
     pub fn shutdown(&self) {
-        self.inner.shutdown();
+        self.inner.shutdown(None);
     }
 
     /// [`shutdown`](Self::shutdown), but gives up waiting after `timeout`:
@@ -330,14 +330,9 @@ where
     /// case in which a runner outlives its coalescer, because the caller
     /// asked to stop waiting for it.
     pub fn shutdown_timeout(&self, timeout: Duration) -> Result<(), StillRunning<K>> {
-        let deadline = Instant::now().checked_add(timeout);
-        {
-            let _one_at_a_time = lock(&self.inner.shutting_down);
-            self.inner.core.registry.close();
-            self.inner.pace.drain();
-            if self.inner.threads.join_until(deadline) {
-                return Ok(());
-            }
+        // A timeout too long to add to the clock is no timeout.
+        if self.inner.shutdown(Instant::now().checked_add(timeout)) {
+            return Ok(());
         }
         // ORDERING: Relaxed: read only by this coalescer's own `Drop`, which
         // the caller's thread (or a later owner, through the handoff that
@@ -360,13 +355,25 @@ where
 }
 
 impl<K, S> Inner<K, S> {
-    /// Close, then join every runner (see `Coalescer::shutdown`).
-    fn shutdown(&self) {
+    /// Close, then join every runner (see `Coalescer::shutdown`), giving up
+    /// at `deadline` if there is one; whether every runner was joined.
+    fn shutdown(&self, deadline: Option<Instant>) -> bool {
         let _one_at_a_time = lock(&self.shutting_down);
+        self.close();
+        match deadline {
+            None => {
+                self.threads.join_all();
+                true
+            }
+            Some(deadline) => self.threads.join_until(deadline),
+        }
+    }
+
+    /// Closes admission and ends every `min_interval` wait: runners waiting
+    /// out an interval begin their follow-up now.
+    fn close(&self) {
         self.core.registry.close();
-        // Runners waiting out `min_interval` begin their follow-up now.
         self.pace.drain();
-        self.threads.join_all();
     }
 }
 
@@ -403,10 +410,9 @@ impl<K, S> Drop for Coalescer<K, S> {
     fn drop(&mut self) {
         // ORDERING: Relaxed, see `shutdown_timeout`.
         if self.inner.gave_up.load(Ordering::Relaxed) {
-            self.inner.core.registry.close();
-            self.inner.pace.drain();
+            self.inner.close();
         } else {
-            self.inner.shutdown();
+            self.inner.shutdown(None);
         }
     }
 }
@@ -477,10 +483,10 @@ impl ThreadSet {
     }
 
     /// Joins every finished thread until none is left but the caller's own,
-    /// or `deadline` passes (`None`: no deadline); whether all were joined.
+    /// or `deadline` passes; whether all were joined.
     /// Polls the threads' `finished` flags once a millisecond: this is only
     /// for `shutdown_timeout`, where a cycle may never return.
-    fn join_until(&self, deadline: Option<Instant>) -> bool {
+    fn join_until(&self, deadline: Instant) -> bool {
         let me = thread::current().id();
         loop {
             let finished: Vec<Entry> = {
@@ -498,7 +504,7 @@ impl ThreadSet {
             for entry in finished {
                 let _ = entry.handle.join();
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if Instant::now() >= deadline {
                 return lock(&self.entries)
                     .iter()
                     .all(|e| e.handle.thread().id() == me);
