@@ -8,26 +8,14 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc::channel;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coalescer::blocking;
 use coalescer::{Admission, Closed, Coalescer, RunError};
 
-/// The payload of the panics the bad keys raise on purpose.
-const BAD_KEY: &str = "bad key (injected)";
-
-fn quiet_bad_key_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<&str>() != Some(&BAD_KEY) {
-                previous(info);
-            }
-        }));
-    });
-}
+mod common;
+use common::{quiet_injected_panics, INJECTED};
 
 /// What a cycle saw of its calls: (key waited for, result).
 type Outcomes = Vec<(u32, Result<(), RunError>)>;
@@ -208,7 +196,7 @@ impl BadKey {
 impl Hash for BadKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         if self.hash_panics {
-            std::panic::panic_any(BAD_KEY);
+            std::panic::panic_any(INJECTED);
         }
         self.id.hash(state);
     }
@@ -217,7 +205,7 @@ impl Hash for BadKey {
 impl PartialEq for BadKey {
     fn eq(&self, other: &Self) -> bool {
         if self.eq_panics || other.eq_panics {
-            std::panic::panic_any(BAD_KEY);
+            std::panic::panic_any(INJECTED);
         }
         self.id == other.id
     }
@@ -228,7 +216,7 @@ impl Eq for BadKey {}
 impl Drop for BadKey {
     fn drop(&mut self) {
         if self.drop_panics && !std::thread::panicking() {
-            std::panic::panic_any(BAD_KEY);
+            std::panic::panic_any(INJECTED);
         }
     }
 }
@@ -269,7 +257,7 @@ fn survives_bad_keys(c: &blocking::Coalescer<BadKey>, runs: &AtomicUsize) {
 
 #[test]
 fn keys_whose_hash_eq_or_drop_panic_do_not_break_the_coalescer() {
-    quiet_bad_key_panics();
+    quiet_injected_panics();
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&runs);
     let c = blocking::Coalescer::builder()

@@ -13,26 +13,15 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use coalescer::{blocking, Coalescer, RunError};
+use coalescer::{blocking, Admission, Closed, Coalescer, RunError};
 use coalescer_spec::{check, Event, History, Recorder};
 
-const INJECTED: &str = "stress: injected panic";
-
-fn quiet_injected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<&str>() != Some(&INJECTED) {
-                previous(info);
-            }
-        }));
-    });
-}
+mod common;
+use common::{quiet_injected_panics, INJECTED};
 
 /// splitmix64.
 fn mix(mut z: u64) -> u64 {
@@ -105,6 +94,18 @@ impl World {
             wrote: Some(wrote),
         });
         request
+    }
+
+    /// A plain request for `key`, made by `request`, recorded around it.
+    fn request(&self, key: u64, request: impl FnOnce(u64) -> Result<Admission, Closed>) {
+        let id = self.invoke(key, false);
+        self.tape.record(match request(key) {
+            Ok(admission) => Event::Accepted {
+                request: id,
+                admission,
+            },
+            Err(Closed) => Event::Rejected { request: id },
+        });
     }
 
     /// A cycle of `key` begins: records what it saw, and draws its fault.
@@ -222,12 +223,7 @@ fn run_async(shape: Shape) -> History<u64> {
                         let result = c.request_and_wait(key).await;
                         world.tape.record(Event::Waited { request, result });
                     } else {
-                        let request = world.invoke(key, false);
-                        let admission = c.request(key);
-                        world.tape.record(match admission {
-                            Ok(admission) => Event::Accepted { request, admission },
-                            Err(_) => Event::Rejected { request },
-                        });
+                        world.request(key, |key| c.request(key));
                     }
                     if made.fetch_add(1, SeqCst) == shutdown_after {
                         let (c, world) = (Arc::clone(&c), Arc::clone(&world));
@@ -289,12 +285,7 @@ fn run_blocking(shape: Shape) -> History<u64> {
                         let result = c.request_and_wait(key);
                         world.tape.record(Event::Waited { request, result });
                     } else {
-                        let request = world.invoke(key, false);
-                        let admission = c.request(key);
-                        world.tape.record(match admission {
-                            Ok(admission) => Event::Accepted { request, admission },
-                            Err(_) => Event::Rejected { request },
-                        });
+                        world.request(key, |key| c.request(key));
                     }
                     if made.fetch_add(1, SeqCst) == shutdown_after {
                         world.tape.record(Event::ShutdownBegan);
