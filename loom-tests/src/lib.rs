@@ -4,6 +4,11 @@
 //! `RUSTFLAGS="--cfg loom" cargo test --release`. Every model is exhaustive:
 //! `check` clears loom's preemption bound even if `LOOM_MAX_PREEMPTIONS` is
 //! set, and prints each model's iteration count and time.
+//!
+//! One exception, for mutation testing only (`scripts/mutants.sh`):
+//! `COALESCER_LOOM_SCREEN=N` caps every model at preemption bound `N`, so a
+//! wrong mutant is found in seconds. A screened run is not a proof; every
+//! model line it prints says `SCREENING`, and CI never sets the variable.
 #![cfg(loom)]
 
 use std::collections::hash_map::DefaultHasher;
@@ -39,8 +44,26 @@ pub fn check_bounded(name: &str, preemptions: usize, model: impl Fn() + Sync + S
     run(name, Some(preemptions), model);
 }
 
+/// The screening bound from `COALESCER_LOOM_SCREEN`, if set. A value that is
+/// not a number is refused loudly rather than silently ignored: a typo must
+/// not turn a screened run into a (slow) exhaustive one or the other way round.
+fn screening_bound() -> Option<usize> {
+    let value = std::env::var("COALESCER_LOOM_SCREEN").ok()?;
+    match value.trim().parse() {
+        Ok(bound) => Some(bound),
+        Err(_) => {
+            panic!("COALESCER_LOOM_SCREEN must be a preemption bound (a number), got {value:?}")
+        }
+    }
+}
+
 fn run(name: &str, bound: Option<usize>, model: impl Fn() + Sync + Send + 'static) {
     quiet_injected_panics();
+    let screening = screening_bound();
+    let bound = match (bound, screening) {
+        (Some(own), Some(screen)) => Some(own.min(screen)),
+        (own, screen) => own.or(screen),
+    };
     let iterations = std::sync::Arc::new(StdAtomicUsize::new(0));
     let counter = std::sync::Arc::clone(&iterations);
     let mut builder = loom::model::Builder::new();
@@ -51,7 +74,10 @@ fn run(name: &str, bound: Option<usize>, model: impl Fn() + Sync + Send + 'stati
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         model();
     });
-    let bound = bound.map_or("exhaustive".to_owned(), |b| format!("preemption bound {b}"));
+    let mut bound = bound.map_or("exhaustive".to_owned(), |b| format!("preemption bound {b}"));
+    if screening.is_some() {
+        bound.push_str("; SCREENING, not a proof");
+    }
     eprintln!(
         "loom model {name}: {} iterations in {:.2} s ({bound})",
         iterations.load(std::sync::atomic::Ordering::Relaxed),
