@@ -12,10 +12,12 @@
 #   3. loom, exhaustive: whatever is still missed, against the full suite
 #      without the screening bound (the suite CI runs).
 #
-# Usage: scripts/mutants.sh [extra cargo-mutants args, e.g. -f impl/src/state.rs]
+# Usage: scripts/mutants.sh [extra cargo-mutants args, e.g. --re 'state\.rs']
+#        PASSES="2 3" scripts/mutants.sh   # resume: run only these passes
 # Needs cargo-mutants (`cargo install cargo-mutants --locked`). Output under
 # target/mutants/: one mutants.out per pass; the last one holds the outcome
-# of every mutant (each pass runs with --iterate over the previous one).
+# of every mutant still missed (each pass runs with --iterate over the
+# previous one, so it tests only what earlier passes did not catch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCREEN=${SCREEN:-3}
@@ -45,19 +47,31 @@ pass() {
 }
 
 EXTRA=("$@")
+PASSES=${PASSES:-1 2 3}
+run_start=$SECONDS
 
-RUSTFLAGS="--cfg loom" COALESCER_LOOM_SCREEN=$SCREEN \
-  pass 1-loom-screened "" --test-package coalescer-loom-tests --cargo-arg=--release
+case " $PASSES " in *" 1 "*)
+  RUSTFLAGS="--cfg loom" COALESCER_LOOM_SCREEN=$SCREEN \
+    pass 1-loom-screened "" --test-package coalescer-loom-tests --cargo-arg=--release ;;
+esac
+case " $PASSES " in *" 2 "*)
+  pass 2-std 1-loom-screened --test-package coalescer ;;
+esac
+case " $PASSES " in *" 3 "*)
+  RUSTFLAGS="--cfg loom" \
+    pass 3-loom-exhaustive 2-std --test-package coalescer-loom-tests --cargo-arg=--release ;;
+esac
 
-pass 2-std 1-loom-screened --test-package coalescer
-
-RUSTFLAGS="--cfg loom" \
-  pass 3-loom-exhaustive 2-std --test-package coalescer-loom-tests --cargo-arg=--release
-
-final=$out/3-loom-exhaustive/mutants.out
+# Each pass lists only what it tested itself; add them up.
 echo
-echo "=== outcome over all passes ==="
-for k in caught missed timeout unviable; do
+echo "=== outcome over all passes ($((SECONDS - run_start)) s this run) ==="
+final=$out/3-loom-exhaustive/mutants.out
+total=$(cat "$out"/1-loom-screened/mutants.out/mutants.json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+printf '  %-8s %s\n' generated "$total"
+for k in caught unviable; do
+  printf '  %-8s %s\n' "$k" "$(cat "$out"/*/mutants.out/$k.txt | sort -u | wc -l)"
+done
+for k in missed timeout; do
   printf '  %-8s %s\n' "$k" "$(wc -l <"$final/$k.txt")"
 done
 if [ -s "$final/missed.txt" ] || [ -s "$final/timeout.txt" ]; then
