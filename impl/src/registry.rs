@@ -123,8 +123,12 @@ where
     /// bits (bucket) and top seven (tag); the shard takes bits from the
     /// middle, so that within a shard the buckets still spread.
     fn shard(&self, hash: u64) -> &Shard<K> {
+        &self.shards[self.shard_index(hash)]
+    }
+
+    fn shard_index(&self, hash: u64) -> usize {
         // Truncation intended: only these bits pick the shard.
-        &self.shards[(hash >> 32) as usize & self.mask]
+        (hash >> 32) as usize & self.mask
     }
 
     fn is_closed(&self) -> bool {
@@ -330,4 +334,31 @@ fn join_live(slot: &Slot, wait: bool) -> Option<Admitted> {
         admission: Admission::Coalesced,
         completion,
     })
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Registry;
+    use std::collections::hash_map::RandomState;
+
+    /// Keys spread over every shard. A hash or shard choice that sent every
+    /// key to one shard would still be correct, but every request of every
+    /// key would then take (and write) the same lock word: keys would
+    /// contend with each other, which sharding exists to prevent.
+    #[test]
+    fn keys_spread_over_every_shard() {
+        const SHARDS: usize = 16;
+        const KEYS: u64 = 4096;
+        let registry = Registry::<u64, RandomState>::new(SHARDS, RandomState::new());
+        let mut per_shard = [0usize; SHARDS];
+        for key in 0..KEYS {
+            per_shard[registry.shard_index(registry.hash(&key))] += 1;
+        }
+        // 256 expected per shard, standard deviation about 16: the bounds
+        // are eight deviations out, so a fair hash never fails them.
+        assert!(
+            per_shard.iter().all(|&n| (128..=384).contains(&n)),
+            "keys per shard: {per_shard:?}"
+        );
+    }
 }

@@ -257,6 +257,68 @@ fn different_keys_do_not_serialize() {
     assert_eq!(c.stats().cycles, 2);
 }
 
+/// Hashes every key to the same value: keys then differ only by `Eq`.
+#[derive(Clone, Default)]
+struct Colliding;
+
+impl std::hash::BuildHasher for Colliding {
+    type Hasher = Constant;
+    fn build_hasher(&self) -> Constant {
+        Constant
+    }
+}
+
+struct Constant;
+
+impl std::hash::Hasher for Constant {
+    fn finish(&self) -> u64 {
+        0x5eed
+    }
+    fn write(&mut self, _: &[u8]) {}
+}
+
+#[test]
+fn keys_whose_hashes_collide_stay_separate() {
+    // Key 1's cycle is held; key 2 has the same hash (same shard, same
+    // bucket). A lookup that matched on the hash alone, or compared keys
+    // wrongly, would fold key 2's request into key 1's slot: `Coalesced`, and
+    // no cycle would ever run for key 2.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (started, started_rx) = channel::<()>();
+    let (release, release_rx) = channel::<()>();
+    let (started, release_rx) = (Mutex::new(started), Mutex::new(release_rx));
+    let record = Arc::clone(&seen);
+    let c = Coalescer::builder()
+        .hasher(Colliding)
+        .build(move |key: &u32| {
+            record.lock().unwrap().push(*key);
+            if *key == 1 {
+                started.lock().unwrap().send(()).unwrap();
+                release_rx.lock().unwrap().recv().unwrap();
+            }
+        });
+    let first = c.request(1);
+    started_rx.recv().unwrap();
+    let other = c.request(2);
+    let again = c.request(1);
+    // Release key 1's cycle and its follow-up before asserting: a failed
+    // assertion must fail the test, not hang it in `Drop`'s drain.
+    release.send(()).unwrap();
+    release.send(()).unwrap();
+    c.shutdown();
+    assert_eq!(
+        (first, other, again),
+        (
+            Ok(Admission::Started),
+            Ok(Admission::Started),
+            Ok(Admission::Coalesced)
+        )
+    );
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, [1, 1, 2], "cycles run per key");
+}
+
 #[test]
 fn a_request_during_a_panicking_cycle_gets_its_follow_up() {
     quiet_injected_panics();

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Weakens each memory ordering of the core one step at a time and records
+# whether the loom suite catches it: first a screened run (preemption bound
+# $SCREEN; any failure it finds is a real one), then, only if that passes,
+# the exhaustive suite CI runs. Prints a markdown table for
+# docs/verification.md. Restores every file it touches.
+#
+# Usage: scripts/orderings.sh [ID...]     (default: every weakening below)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCREEN=${SCREEN:-3}
+export RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom
+log=target/orderings
+mkdir -p "$log"
+
+if ! git diff --quiet -- impl/src; then
+  echo "impl/src has uncommitted changes; commit or stash them first" >&2
+  exit 2
+fi
+trap 'git checkout -q -- impl/src' EXIT
+
+# id | file | exact text | weakened text
+weakenings=$(cat <<'LIST'
+request-acqrel-acquire|impl/src/slot.rs|fetch_or(state::PENDING, Ordering::AcqRel)|fetch_or(state::PENDING, Ordering::Acquire)
+request-acqrel-release|impl/src/slot.rs|fetch_or(state::PENDING, Ordering::AcqRel)|fetch_or(state::PENDING, Ordering::Release)
+begin-acquire-relaxed|impl/src/slot.rs|fetch_add(state::BEGIN_DELTA, Ordering::Acquire)|fetch_add(state::BEGIN_DELTA, Ordering::Relaxed)
+go-idle-release-relaxed|impl/src/slot.rs|compare_exchange(from, to, Ordering::Release, Ordering::Relaxed)|compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed)
+abandon-release-relaxed|impl/src/slot.rs|fetch_and(!state::RUNNING, Ordering::Release)|fetch_and(!state::RUNNING, Ordering::Relaxed)
+is-closed-acquire-relaxed|impl/src/registry.rs|self.closed.load(Ordering::Acquire)|self.closed.load(Ordering::Relaxed)
+close-release-relaxed|impl/src/registry.rs|// holding a shard lock; any lock taken after it sees the flag.\n        self.closed.store(true, Ordering::Release);|// holding a shard lock; any lock taken after it sees the flag.\n        self.closed.store(true, Ordering::Relaxed);
+mark-closed-release-relaxed|impl/src/registry.rs|// ORDERING: Release pairs with the Acquire load in `is_closed`.\n        self.closed.store(true, Ordering::Release);|// ORDERING: Release pairs with the Acquire load in `is_closed`.\n        self.closed.store(true, Ordering::Relaxed);
+finished-release-relaxed|impl/src/blocking.rs|self.0.store(true, Ordering::Release)|self.0.store(true, Ordering::Relaxed)
+reap-acquire-relaxed|impl/src/blocking.rs|if entries[i].finished.load(Ordering::Acquire)|if entries[i].finished.load(Ordering::Relaxed)
+join-partition-acquire-relaxed|impl/src/blocking.rs|e.finished.load(Ordering::Acquire)|e.finished.load(Ordering::Relaxed)
+aborted-release-relaxed|impl/src/asynchronous.rs|self.inner.aborted.store(true, Ordering::Release)|self.inner.aborted.store(true, Ordering::Relaxed)
+aborted-acquire-relaxed|impl/src/asynchronous.rs|this.inner.aborted.load(Ordering::Acquire)|this.inner.aborted.load(Ordering::Relaxed)
+LIST
+)
+
+apply() { # file old new: replace exactly one occurrence or fail
+  python3 - "$@" <<'PY'
+import sys
+path, old, new = sys.argv[1], sys.argv[2].replace('\\n', '\n'), sys.argv[3].replace('\\n', '\n')
+text = open(path).read()
+n = text.count(old)
+if n != 1:
+    sys.exit(f"{path}: expected the text once, found it {n} times: {old!r}")
+open(path, 'w').write(text.replace(old, new))
+PY
+}
+
+# The first failure in a loom log: the model and what it reported.
+verdict() {
+  local f=$1
+  local model msg
+  model=$(grep -m1 -oE "^thread '[^']+'" "$f" | sed "s/^thread '//;s/'$//" || true)
+  msg=$(grep -m1 -A1 -E "^thread '[^']+' .*panicked" "$f" | tail -n1 | cut -c1-140 || true)
+  echo "\`$model\`: $msg"
+}
+
+echo "| weakening | screened (bound $SCREEN) | exhaustive | first failure |"
+echo "|---|---|---|---|"
+while IFS='|' read -r id file old new; do
+  if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -qx "$id"; then continue; fi
+  git checkout -q -- impl/src
+  apply "$file" "$old" "$new"
+  cargo test --release -p coalescer-loom-tests --no-run >"$log/$id.build" 2>&1 \
+    || { echo "| $id | build failed | | see $log/$id.build |"; continue; }
+  if ! COALESCER_LOOM_SCREEN=$SCREEN cargo test --release -p coalescer-loom-tests -- --nocapture \
+    >"$log/$id.screen" 2>&1; then
+    echo "| $id | **caught** | not needed | $(verdict "$log/$id.screen") |"
+  elif ! cargo test --release -p coalescer-loom-tests -- --nocapture >"$log/$id.full" 2>&1; then
+    echo "| $id | passed | **caught** | $(verdict "$log/$id.full") |"
+  else
+    echo "| $id | passed | passed | not caught |"
+  fi
+done <<<"$weakenings"
