@@ -56,8 +56,7 @@ case " $PASSES " in *" 1 "*)
       --exclude-re 'tokio_tasks::' ;; # std-only code: not compiled under loom
 esac
 case " $PASSES " in *" 2 "*)
-  pass 2-std 1-loom-screened --test-package coalescer \
-    --exclude-re 'loom_tasks::' ;; # loom-only code: not compiled in std
+  pass 2-std 1-loom-screened --test-package coalescer ;;
 esac
 case " $PASSES " in *" 3 "*)
   RUSTFLAGS="--cfg loom" \

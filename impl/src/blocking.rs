@@ -556,6 +556,26 @@ mod tests {
         assert_eq!(c.active_keys(), 0);
     }
 
+    /// A key with a cycle running holds exactly one slot, which goes once
+    /// the key is idle.
+    #[test]
+    fn a_running_key_holds_one_slot() {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        let c = Coalescer::new(move |_: &u32| {
+            let _ = held.lock().unwrap().recv();
+        });
+        // Dropped before `c` if an assertion fails, so `Drop` cannot hang.
+        let release = release;
+        c.request(1).unwrap();
+        c.request(1).unwrap();
+        let held_slots = c.inner.core.registry.slots();
+        drop(release);
+        c.shutdown();
+        assert_eq!(held_slots, 1);
+        assert_eq!(c.inner.core.registry.slots(), 0);
+    }
+
     /// Finished runner threads are reaped: the set holds only runners that
     /// are live or exiting, not one entry per key ever started.
     #[test]

@@ -227,9 +227,8 @@ where
         self.active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         // A table that once held many keys gives the memory back (INV-6).
-        let len = map.len();
-        if map.capacity() > 64 && len * 4 < map.capacity() {
-            map.shrink_to(len * 2, |e| e.hash);
+        if let Some(target) = shrink_target(map.len(), map.capacity()) {
+            map.shrink_to(target, |e| e.hash);
         }
         drop(map);
         if let Some(entry) = removed {
@@ -264,6 +263,17 @@ where
     pub(crate) fn slots(&self) -> usize {
         self.shards.iter().map(|s| read(s).len()).sum()
     }
+}
+
+/// Tables of at most this many entries' capacity never shrink: small tables
+/// are cheap to keep, and regrowing them on the next burst is not.
+const SHRINK_FLOOR: usize = 64;
+
+/// When a shard's table gives memory back (INV-6): once less than a quarter
+/// of its capacity is used, it shrinks to twice its length (so the next few
+/// keys fit without growing it again at once). `None`: leave it.
+fn shrink_target(len: usize, capacity: usize) -> Option<usize> {
+    (capacity > SHRINK_FLOOR && len * 4 < capacity).then_some(len * 2)
 }
 
 impl<K, S> Registry<K, S> {
@@ -338,7 +348,7 @@ fn join_live(slot: &Slot, wait: bool) -> Option<Admitted> {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::Registry;
+    use super::{shrink_target, Registry};
     use std::collections::hash_map::RandomState;
 
     /// Keys spread over every shard. A hash or shard choice that sent every
@@ -360,5 +370,18 @@ mod tests {
             per_shard.iter().all(|&n| (128..=384).contains(&n)),
             "keys per shard: {per_shard:?}"
         );
+    }
+
+    /// The shrink policy at its edges: a table shrinks once less than a
+    /// quarter full, to twice its length, and never at or below the floor.
+    #[test]
+    fn tables_shrink_below_a_quarter_full_and_never_at_the_floor() {
+        assert_eq!(shrink_target(27, 112), Some(54));
+        assert_eq!(shrink_target(28, 112), None, "exactly a quarter full stays");
+        assert_eq!(shrink_target(0, 112), Some(0));
+        assert_eq!(shrink_target(100, 112), None);
+        assert_eq!(shrink_target(0, 64), None, "at the floor nothing shrinks");
+        assert_eq!(shrink_target(0, 56), None);
+        assert_eq!(shrink_target(3, 65), Some(6));
     }
 }

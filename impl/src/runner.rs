@@ -260,10 +260,12 @@ impl Drop for Contained {
     }
 }
 
-impl fmt::Debug for Contained {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Contained")
-            .field("running", &self.cycle.is_some())
-            .finish()
+#[cfg(all(test, not(loom)))]
+mod tests {
+    /// The documented default: four shards per available core.
+    #[test]
+    fn four_shards_per_core_by_default() {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        assert_eq!(super::default_shards(), 4 * cores);
     }
 }

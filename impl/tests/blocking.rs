@@ -13,7 +13,7 @@ use coalescer::blocking::Coalescer;
 use coalescer::{Admission, Closed, RunError};
 
 mod common;
-use common::{quiet_injected_panics, INJECTED};
+use common::{quiet_injected_panics, PanicsWhenDropped, INJECTED};
 
 /// A cycle that tells the test when it starts and waits for the test to
 /// release it, so a test can hold a cycle "running" without sleeping.
@@ -181,12 +181,35 @@ fn non_string_panic_payloads_are_contained_and_reported_without_a_message() {
     let c = Coalescer::builder()
         .panic_hook(move |r| {
             let code = r.payload().downcast_ref::<u32>().copied();
-            recorded.lock().unwrap().push((r.message().is_none(), code));
+            recorded
+                .lock()
+                .unwrap()
+                .push((r.message().is_none(), code, format!("{r:?}")));
         })
         .build(|_: &u32| std::panic::panic_any(7u32));
     assert_eq!(c.request_and_wait(1), Err(RunError::Panicked));
     c.shutdown();
-    assert_eq!(*messages.lock().unwrap(), vec![(true, Some(7))]);
+    let debug = "PanicReport { message: None, .. }".to_owned();
+    assert_eq!(*messages.lock().unwrap(), vec![(true, Some(7), debug)]);
+}
+
+#[test]
+fn a_payload_that_panics_when_dropped_is_contained() {
+    // The runner reports the payload, then drops it: that drop panics again,
+    // and must not take the runner down with the key's waiter unresolved.
+    quiet_injected_panics();
+    let reports = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&reports);
+    let c = Coalescer::builder()
+        .panic_hook(move |_| {
+            counted.fetch_add(1, SeqCst);
+        })
+        .build(|_: &u32| std::panic::panic_any(PanicsWhenDropped));
+    assert_eq!(c.request_and_wait(1), Err(RunError::Panicked));
+    assert_eq!(c.request_and_wait(1), Err(RunError::Panicked), "not stuck");
+    c.shutdown();
+    assert_eq!(reports.load(SeqCst), 2);
+    assert_eq!(c.stats().panics, 2);
 }
 
 #[test]
@@ -317,6 +340,28 @@ fn keys_whose_hashes_collide_stay_separate() {
     let mut seen = seen.lock().unwrap().clone();
     seen.sort_unstable();
     assert_eq!(seen, [1, 1, 2], "cycles run per key");
+}
+
+#[test]
+fn debug_output_shows_the_configuration_and_the_counters() {
+    let builder = Coalescer::<u32>::builder()
+        .shards(3)
+        .min_interval(std::time::Duration::from_millis(5));
+    let shown = format!("{builder:?}");
+    assert!(
+        shown.starts_with("Builder { options: Options {")
+            && shown.contains("shards: 3")
+            && shown.contains("min_interval: 5ms"),
+        "{shown}"
+    );
+    let c = builder.build(|_: &u32| {});
+    c.request_and_wait(1).unwrap();
+    c.shutdown();
+    let shown = format!("{c:?}");
+    assert!(
+        shown.starts_with("Coalescer { stats: Stats {") && shown.contains("cycles: 1"),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -131,6 +131,10 @@ fn shutdown_timeout_reports_the_keys_still_running() {
     c.request_and_wait(8).unwrap();
     let err = c.shutdown_timeout(Duration::from_millis(20)).unwrap_err();
     assert_eq!(err.keys, [7]);
+    assert_eq!(
+        err.to_string(),
+        "shutdown timed out with 1 key(s) still running a cycle"
+    );
     assert_eq!(c.request(1), Err(Closed));
     drop(c); // must not join the stuck runner
     drop(release); // lets it finish in the background
@@ -293,6 +297,47 @@ fn a_runtime_shut_down_under_the_coalescer_closes_it() {
     assert_eq!(c.request(2), Err(Closed));
     assert_eq!(c.request(3), Err(Closed));
     assert_eq!(c.active_keys(), 0);
+    drop(c);
+}
+
+/// A runtime that shuts down while one key's cycle still blocks a worker
+/// thread: that key's slot outlives the runtime (its task cannot be dropped
+/// mid-poll). Once a request has found the runtime gone, the coalescer is
+/// closed for every key — a request for the lingering key is rejected, not
+/// accepted into a runner that can never run its follow-up.
+#[test]
+fn after_the_runtime_is_gone_a_lingering_key_is_closed_too() {
+    let rt = runtime();
+    let (entered, entered_rx) = channel::<()>();
+    let (release, held) = channel::<()>();
+    let (entered, held) = (Mutex::new(entered), Mutex::new(held));
+    let c = rt.block_on(async {
+        Coalescer::new(move |key: u32| {
+            if key == 1 {
+                // Blocks the worker thread itself, inside the task's poll.
+                entered.lock().unwrap().send(()).unwrap();
+                let _ = held.lock().unwrap().recv();
+            }
+            async {}
+        })
+    });
+    c.request(1).unwrap();
+    entered_rx.recv().unwrap();
+    rt.shutdown_background();
+    // Requests for other keys fail once the runtime stops taking tasks (a
+    // few may still be taken, and dropped, while it shuts down).
+    let mut key = 2;
+    while c.request(key).is_ok() {
+        key += 1;
+        std::thread::yield_now();
+    }
+    let lingering = c.request(1);
+    drop(release);
+    assert_eq!(
+        lingering,
+        Err(Closed),
+        "the lingering key must be closed too"
+    );
     drop(c);
 }
 

@@ -14,7 +14,7 @@ use coalescer::{Admission, Closed, Coalescer, RunError};
 use tokio::sync::{mpsc, Notify};
 
 mod common;
-use common::{quiet_injected_panics, INJECTED};
+use common::{quiet_injected_panics, PanicsWhenDropped, INJECTED};
 
 /// Generates `NAME::current_thread` and `NAME::multi_thread` tests from an
 /// `async fn NAME()`.
@@ -60,6 +60,31 @@ on_both_runtimes!(
     ten_thousand_distinct_keys_leave_no_active_key,
     concurrent_requests_never_lose_the_last_write_and_never_overlap,
 );
+
+#[test]
+fn debug_output_shows_the_configuration_the_counters_and_a_wait() {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let builder = Coalescer::<u32>::builder().shards(3);
+            let shown = format!("{builder:?}");
+            assert!(
+                shown.starts_with("Builder { options: Options {") && shown.contains("shards: 3"),
+                "{shown}"
+            );
+            let c = builder.build(|_: u32| async {});
+            let wait = c.request_and_wait(1);
+            assert_eq!(format!("{wait:?}"), "Wait { accepted: true }");
+            wait.await.unwrap();
+            c.shutdown().await;
+            let shown = format!("{c:?}");
+            assert!(
+                shown.starts_with("Coalescer { stats: Stats {") && shown.contains("cycles: 1"),
+                "{shown}"
+            );
+        });
+}
 
 type BoxCycle = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -213,10 +238,12 @@ async fn panics_before_after_an_await_and_in_drop_are_contained() {
                     std::panic::panic_any(INJECTED) // after an await
                 }),
                 3 => Box::pin(PanicsOnDrop), // while the finished future is dropped
+                // A payload that panics again when the runner disposes of it.
+                4 => Box::pin(async { std::panic::panic_any(PanicsWhenDropped) }),
                 _ => Box::pin(async {}),
             }
         });
-    for key in 0..4 {
+    for key in 0..5 {
         assert_eq!(
             c.request_and_wait(key).await,
             Err(RunError::Panicked),
@@ -229,20 +256,16 @@ async fn panics_before_after_an_await_and_in_drop_are_contained() {
             "key {key}"
         );
     }
-    assert_eq!(c.request_and_wait(4).await, Ok(()));
+    assert_eq!(c.request_and_wait(5).await, Ok(()));
     c.shutdown().await;
     let mut reports = reports.lock().unwrap().clone();
     reports.sort();
-    let expected: Vec<_> = (0..4)
-        .flat_map(|k| {
-            [
-                (k, Some(INJECTED.to_owned())),
-                (k, Some(INJECTED.to_owned())),
-            ]
-        })
+    let message = |k| (k < 4).then(|| INJECTED.to_owned());
+    let expected: Vec<_> = (0..5)
+        .flat_map(|k| [(k, message(k)), (k, message(k))])
         .collect();
     assert_eq!(reports, expected, "each panic reported exactly once");
-    assert_eq!(c.stats().panics, 8);
+    assert_eq!(c.stats().panics, 10);
 }
 
 async fn shutdown_waits_for_a_blocked_then_panicking_cycle() {
