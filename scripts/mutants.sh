@@ -4,59 +4,71 @@
 #
 #   1. loom, screened: the loom suite under `--cfg loom`, every model capped
 #      at preemption bound $SCREEN (COALESCER_LOOM_SCREEN). Seconds per
-#      mutant; catches most of the core.
+#      mutant; catches most of the core. A failure it finds is a real one.
 #   2. std: the mutants pass 1 missed, against the ordinary tests of the
-#      `coalescer` package (tokio, stress with the history oracle, misuse,
-#      memory, allocation, doc examples). Mutants in std-only code (the tokio
-#      task set, the std clock wait) are only reachable here.
-#   3. loom, exhaustive: whatever is still missed, against the full suite
+#      `coalescer` package (tokio, blocking, stress with the history oracle,
+#      misuse, allocation, unit tests, doc examples). Code compiled only in
+#      the std build (the tokio task set, the std clock wait) is reached
+#      only here. The one-million-key memory test is left out per mutant
+#      (15 s each); what it guards is pinned by faster unit tests.
+#   3. loom, exhaustive: what is still missed, against the full suite
 #      without the screening bound (the suite CI runs).
 #
+# A mutant that makes the tests hang (a deadlock: a lost wakeup or a
+# stranded waiter) is reported as timed out. That is a detection, not a
+# miss; such mutants are not passed on to the next pass.
+#
 # Usage: scripts/mutants.sh [extra cargo-mutants args, e.g. --re 'state\.rs']
-#        PASSES="2 3" scripts/mutants.sh   # resume: run only these passes
-# Needs cargo-mutants (`cargo install cargo-mutants --locked`). Output under
-# target/mutants/: one mutants.out per pass; the last one holds the outcome
-# of every mutant still missed (each pass runs with --iterate over the
-# previous one, so it tests only what earlier passes did not catch).
+#        PASSES="2 3" scripts/mutants.sh   # resume from an earlier pass
+# Needs cargo-mutants (`cargo install cargo-mutants --locked`). Output:
+# target/mutants/<pass>/mutants.out, and the totals at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCREEN=${SCREEN:-3}
 out=target/mutants
 mkdir -p "$out"
+EXTRA=("$@")
+PASSES=${PASSES:-1 2 3}
 
+# Runs one pass over the mutants the previous pass missed (all, for the
+# first), named exactly: cargo-mutants' --re matches the names --list shows.
 pass() {
   local name=$1 previous=$2
   shift 2
+  local only=()
+  if [ -n "$previous" ]; then
+    local missed=$out/$previous/mutants.out/missed.txt
+    if [ ! -s "$missed" ]; then
+      printf '\n=== pass %s: nothing left to test ===\n' "$name"
+      rm -rf "$out/$name"
+      return
+    fi
+    while IFS= read -r m; do
+      only+=(--re "^$(printf '%s' "$m" | sed 's/[][\.*^$(){}?+|/]/\\&/g')\$")
+    done <"$missed"
+  fi
   rm -rf "$out/$name"
   mkdir -p "$out/$name"
-  local iterate=()
-  if [ -n "$previous" ]; then
-    # --iterate skips what the previous pass caught (or found unviable) and
-    # keeps those outcomes in this pass's lists.
-    cp -r "$out/$previous/mutants.out" "$out/$name/"
-    iterate=(--iterate)
-  fi
   printf '\n=== pass %s ===\n' "$name"
   local start=$SECONDS
-  # cargo-mutants exits non-zero while any mutant is missed; later passes decide.
-  cargo mutants --no-shuffle -o "$out/$name" "${iterate[@]}" "$@" "${EXTRA[@]}" || true
+  # cargo-mutants exits non-zero while any mutant is missed; the totals decide.
+  cargo mutants --no-shuffle -o "$out/$name" "${only[@]}" "${EXTRA[@]}" "$@" || true
   echo "pass $name: $((SECONDS - start)) s"
   for k in caught missed timeout unviable; do
     printf '  %-8s %s\n' "$k" "$(wc -l <"$out/$name/mutants.out/$k.txt")"
   done
 }
 
-EXTRA=("$@")
-PASSES=${PASSES:-1 2 3}
 run_start=$SECONDS
-
 case " $PASSES " in *" 1 "*)
+  # tokio_tasks is std-only code: not compiled under loom.
   RUSTFLAGS="--cfg loom" COALESCER_LOOM_SCREEN=$SCREEN \
     pass 1-loom-screened "" --test-package coalescer-loom-tests --cargo-arg=--release \
-      --exclude-re 'tokio_tasks::' ;; # std-only code: not compiled under loom
+      --exclude-re 'tokio_tasks::' ;;
 esac
 case " $PASSES " in *" 2 "*)
-  pass 2-std 1-loom-screened --test-package coalescer ;;
+  pass 2-std 1-loom-screened --test-package coalescer \
+    -- -- --skip a_million_distinct_keys_leave_the_heap_where_it_was ;;
 esac
 case " $PASSES " in *" 3 "*)
   RUSTFLAGS="--cfg loom" \
@@ -65,18 +77,17 @@ esac
 
 # Each pass lists only what it tested itself; add them up.
 echo
-echo "=== outcome over all passes ($((SECONDS - run_start)) s this run) ==="
-final=$out/3-loom-exhaustive/mutants.out
-total=$(cat "$out"/1-loom-screened/mutants.out/mutants.json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
-printf '  %-8s %s\n' generated "$total"
-for k in caught unviable; do
-  printf '  %-8s %s\n' "$k" "$(cat "$out"/*/mutants.out/$k.txt | sort -u | wc -l)"
-done
-for k in missed timeout; do
-  printf '  %-8s %s\n' "$k" "$(wc -l <"$final/$k.txt")"
-done
-if [ -s "$final/missed.txt" ] || [ -s "$final/timeout.txt" ]; then
-  echo "missed or timed out:"
-  cat "$final/missed.txt" "$final/timeout.txt"
+echo "=== totals over the passes ($((SECONDS - run_start)) s this run) ==="
+lists() { cat "$out"/*/mutants.out/"$1".txt 2>/dev/null | sort -u; }
+generated=$(lists caught; lists missed; lists timeout; lists unviable)
+printf '  %-9s %s\n' generated "$(printf '%s\n' "$generated" | sed '/^$/d' | sort -u | wc -l)"
+printf '  %-9s %s\n' caught "$(lists caught | wc -l)"
+printf '  %-9s %s\n' timeout "$(lists timeout | wc -l)"
+printf '  %-9s %s\n' unviable "$(lists unviable | wc -l)"
+last=$(ls -d "$out"/*/ | sort | tail -n1)
+printf '  %-9s %s\n' missed "$(wc -l <"$last/mutants.out/missed.txt")"
+if [ -s "$last/mutants.out/missed.txt" ]; then
+  echo "still missed:"
+  cat "$last/mutants.out/missed.txt"
   exit 1
 fi
