@@ -141,3 +141,48 @@ impl Slot {
         next.take()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Slot;
+    use crate::state::Requested;
+    use crate::sync::Arc;
+
+    /// A slot's life as its runner sees it: born live with its creator's
+    /// request pending; a request while live is covered by the next cycle;
+    /// going idle fails while a request is pending and succeeds once none
+    /// is; a dead slot turns requests away.
+    #[test]
+    fn a_slot_lives_until_its_runner_goes_idle() {
+        let slot = Slot::fresh(None);
+        assert!(slot.is_live());
+        let first = slot.begin();
+        assert_eq!(slot.request(), Requested::Coalesced { covered_by: 2 });
+        assert!(!slot.go_idle(&first), "a request is pending");
+        let second = slot.begin();
+        assert!(slot.go_idle(&second));
+        assert!(!slot.is_live());
+        assert_eq!(slot.request(), Requested::Dead);
+        assert!(slot.request_and_register().is_none());
+    }
+
+    /// `abandon` kills the slot whatever its state and hands back the
+    /// waiters of the cycle that will now never begin.
+    #[test]
+    fn abandon_kills_the_slot_and_returns_the_next_waiters() {
+        let slot = Slot::fresh(None);
+        let _first = slot.begin();
+        let waiter = slot.request_and_register().expect("the slot is live");
+        let next = slot.abandon().expect("the follow-up's waiters");
+        assert!(Arc::ptr_eq(&waiter, &next));
+        assert!(!slot.is_live());
+        assert_eq!(slot.request(), Requested::Dead);
+    }
+
+    /// Distinct slots have distinct ids: the own-cycle check relies on it.
+    #[test]
+    fn slots_have_distinct_ids() {
+        let (a, b) = (Slot::fresh(None), Slot::fresh(None));
+        assert_ne!(a.id(), b.id());
+    }
+}
