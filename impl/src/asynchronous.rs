@@ -387,9 +387,11 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Drop for Abandon<K, S> {
             return;
         }
         if crate::sync::inside_spawn() {
-            // Dropped by a shut-down runtime inside the spawn call: the slot
-            // is not in the map yet, and admission holds the shard lock.
-            self.runner.abandon_unpublished();
+            // Dropped by a shut-down runtime inside the spawn call, while
+            // admission holds the shard lock: nothing to tear down. Nobody
+            // has seen the slot (it is not in the map yet), and admission,
+            // told the spawn failed, rejects the request and drops the slot
+            // and its waiter's completion unseen.
             crate::sync::dropped_in_spawn();
         } else {
             self.runner.abandon(&self.inner.core, self.current.take());

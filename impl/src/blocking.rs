@@ -556,8 +556,8 @@ mod tests {
         assert_eq!(c.active_keys(), 0);
     }
 
-    /// A key with a cycle running holds exactly one slot, which goes once
-    /// the key is idle.
+    /// A key with a cycle running holds exactly one slot and counts as one
+    /// active key; both go once the key is idle.
     #[test]
     fn a_running_key_holds_one_slot() {
         let (release, held) = std::sync::mpsc::channel::<()>();
@@ -569,11 +569,12 @@ mod tests {
         let release = release;
         c.request(1).unwrap();
         c.request(1).unwrap();
-        let held_slots = c.inner.core.registry.slots();
+        let (held_slots, active) = (c.inner.core.registry.slots(), c.active_keys());
         drop(release);
         c.shutdown();
-        assert_eq!(held_slots, 1);
+        assert_eq!((held_slots, active), (1, 1));
         assert_eq!(c.inner.core.registry.slots(), 0);
+        assert_eq!(c.active_keys(), 0);
     }
 
     /// Finished runner threads are reaped: the set holds only runners that

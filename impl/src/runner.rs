@@ -191,17 +191,6 @@ impl<K: Hash + Eq> Runner<K> {
         }
         core.registry.reclaim(self.hash, &self.slot);
     }
-
-    /// Tears down a runner whose task was dropped before its slot was
-    /// published (a shut-down runtime drops a task inside the spawn call,
-    /// while admission holds the shard's write lock): kills the slot and
-    /// resolves its waiter as aborted, without touching the map. Admission
-    /// then reports the request as not accepted.
-    pub(crate) fn abandon_unpublished(&self) {
-        if let Some(next) = self.slot.abandon() {
-            next.resolve(Outcome::Aborted);
-        }
-    }
 }
 
 /// A cycle future whose panics — while polled, or while dropped — are caught.

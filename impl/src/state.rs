@@ -180,6 +180,15 @@ mod tests {
     }
 
     #[test]
+    fn requests_while_pending_change_nothing() {
+        // The mark is a flag, not a count: any number of requests between
+        // two cycles are one pending mark (INV-7's "one follow-up").
+        let pending = request(begin(FRESH));
+        assert_eq!(request(pending), pending);
+        assert_eq!(request(FRESH), FRESH);
+    }
+
+    #[test]
     #[should_panic(expected = "begin from illegal state")]
     fn begin_without_pending_is_a_loud_bug() {
         let _ = begin(RUNNING);

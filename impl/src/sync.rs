@@ -73,7 +73,8 @@ pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<
 }
 
 /// Waits on `cv` until notified or until `deadline` (`None`: no deadline),
-/// ignoring poison; returns the guard and whether the deadline has passed.
+/// ignoring poison; returns the guard and whether the deadline had passed
+/// before any waiting (a wait that times out reports it on the next call).
 /// May return early (spurious wakeup): callers loop on their condition.
 #[cfg(not(loom))]
 pub(crate) fn wait_until<'a, T>(
@@ -92,7 +93,7 @@ pub(crate) fn wait_until<'a, T>(
     let (guard, _) = cv
         .wait_timeout(guard, deadline - now)
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    (guard, std::time::Instant::now() >= deadline)
+    (guard, false)
 }
 
 /// Loom does not model time: a timed wait is "some time passes, during which

@@ -365,6 +365,30 @@ fn debug_output_shows_the_configuration_and_the_counters() {
 }
 
 #[test]
+fn drop_without_shutdown_waits_for_the_running_cycle() {
+    // INV-5: dropping the coalescer drains and joins like `shutdown`. The
+    // cycle outlasts the drop call by a wide margin, so a `Drop` that did
+    // not join would return while it still runs. (The sleep only widens
+    // that window; nothing here asserts a duration.)
+    let finished = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&finished);
+    let (entered, entered_rx) = channel::<()>();
+    let entered = Mutex::new(entered);
+    let c = Coalescer::new(move |_: &u32| {
+        entered.lock().unwrap().send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        seen.store(true, SeqCst);
+    });
+    c.request(1).unwrap();
+    entered_rx.recv().unwrap();
+    drop(c);
+    assert!(
+        finished.load(SeqCst),
+        "Drop returned while a cycle still ran"
+    );
+}
+
+#[test]
 fn a_request_during_a_panicking_cycle_gets_its_follow_up() {
     quiet_injected_panics();
     let count = Arc::new(AtomicU32::new(0));

@@ -163,6 +163,9 @@ fn blocking_follow_ups_are_at_least_min_interval_apart() {
                 .unwrap()
                 .push((std::time::Instant::now(), seen.load(SeqCst)));
         });
+    // One cycle first, so the burst cannot all fold into the first cycle
+    // before it begins: at least one follow-up must be paced.
+    c.request_and_wait(1).unwrap();
     for v in 1..=20 {
         version.store(v, SeqCst);
         c.request(1).unwrap();
@@ -181,8 +184,8 @@ fn blocking_follow_ups_are_at_least_min_interval_apart() {
         20,
         "the last write was lost: {log:?}"
     );
-    // 21 requests, no more cycles than requests (INV-7).
-    assert!(log.len() <= 21);
+    // 22 requests, no more cycles than requests (INV-7); at least two.
+    assert!((2..=22).contains(&log.len()), "{log:?}");
 }
 
 /// Blocking: shutdown during an hour-long wait runs the pending follow-up at

@@ -341,6 +341,55 @@ fn after_the_runtime_is_gone_a_lingering_key_is_closed_too() {
     drop(c);
 }
 
+/// A key whose every `Drop` panics, even while unwinding.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ExplodingKey(u32);
+
+impl Drop for ExplodingKey {
+    fn drop(&mut self) {
+        std::panic::panic_any(INJECTED);
+    }
+}
+
+/// A cycle that never finishes and panics when dropped.
+struct PendingThenPanicsOnDrop;
+
+impl std::future::Future for PendingThenPanicsOnDrop {
+    type Output = ();
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for PendingThenPanicsOnDrop {
+    fn drop(&mut self) {
+        std::panic::panic_any(INJECTED);
+    }
+}
+
+/// Async: dropping the coalescer aborts a pending cycle whose future panics
+/// when dropped, for a key whose every `Drop` panics. Each panic is
+/// contained where it happens. Were the future's panic left to unwind, the
+/// teardown that follows (dropping the map's copy of the key) would panic
+/// while panicking, and the process would abort.
+#[test]
+fn an_aborted_cycle_that_panics_when_dropped_is_contained_before_teardown() {
+    quiet_injected_panics();
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let c = Coalescer::new(|key: ExplodingKey| {
+                std::mem::forget(key); // the cycle's copy: not what is tested
+                PendingThenPanicsOnDrop
+            });
+            let wait = c.request_and_wait(ExplodingKey(1));
+            tokio::task::yield_now().await; // the runner polls its cycle
+            drop(c);
+            assert_eq!(wait.await, Err(RunError::Aborted));
+        });
+}
+
 /// The hasher is the builder's: a custom `BuildHasher` places the keys (the
 /// default, `RandomState`, is SipHash with per-process random keys).
 #[test]

@@ -136,8 +136,11 @@ async fn five_requests_during_a_blocked_cycle_make_exactly_two_cycles() {
     for _ in 0..5 {
         assert_eq!(c.request(7), Ok(Admission::Coalesced));
     }
+    let active = c.active_keys();
     release.notify_one();
     c.shutdown().await;
+    assert_eq!(active, 1, "one key active while its cycle is held");
+    assert_eq!(c.active_keys(), 0);
     assert_eq!(count.load(SeqCst), 2);
     let stats = c.stats();
     assert_eq!((stats.requests, stats.coalesced, stats.cycles), (6, 5, 2));
