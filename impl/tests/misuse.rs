@@ -284,7 +284,10 @@ fn a_runtime_shut_down_under_the_coalescer_closes_it() {
         tokio::task::yield_now().await;
     });
     let wait = c.request_and_wait(1);
-    rt.shutdown_background();
+    // Dropping the runtime returns once its workers have dropped every task
+    // (`shutdown_background` would not wait, and key 1 could still count
+    // as active below: this test once failed that way).
+    drop(rt);
     let block_on = |f| {
         tokio::runtime::Builder::new_current_thread()
             .build()
