@@ -52,7 +52,12 @@ pass() {
   printf '\n=== pass %s ===\n' "$name"
   local start=$SECONDS
   # cargo-mutants exits non-zero while any mutant is missed; the totals decide.
-  cargo mutants --no-shuffle -o "$out/$name" "${only[@]}" "${EXTRA[@]}" "$@" || true
+  # The caller's filters (EXTRA) choose the mutants of the first pass; later
+  # passes take exactly the previous pass's missed list (several --re are
+  # OR-ed, so adding the caller's filters there would widen the set again).
+  local select=("${EXTRA[@]}")
+  [ -n "$previous" ] && select=("${only[@]}")
+  cargo mutants --no-shuffle -o "$out/$name" "${select[@]}" "$@" || true
   echo "pass $name: $((SECONDS - start)) s"
   for k in caught missed timeout unviable; do
     printf '  %-8s %s\n' "$k" "$(wc -l <"$out/$name/mutants.out/$k.txt")"
