@@ -177,6 +177,23 @@ async fn async_shutdown_timeout_reports_the_keys_still_running() {
     assert_eq!(wait.await, Err(RunError::Aborted));
 }
 
+/// Async: with nothing stuck, `shutdown_timeout` drains and returns `Ok`.
+#[tokio::test]
+async fn async_shutdown_timeout_drains_like_shutdown() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&runs);
+    let c = Coalescer::new(move |_: u32| {
+        counted.fetch_add(1, SeqCst);
+        async {}
+    });
+    for k in 0..100 {
+        c.request(k).unwrap();
+    }
+    assert_eq!(c.shutdown_timeout(Duration::from_secs(3600)).await, Ok(()));
+    assert_eq!(runs.load(SeqCst), 100);
+    assert_eq!(c.active_keys(), 0);
+}
+
 /// A key whose `Hash`, `Eq` or `Drop` panics, as the test says.
 #[derive(Debug, Clone)]
 struct BadKey {
