@@ -35,7 +35,10 @@ PASSES=${PASSES:-1 2 3}
 pass() {
   local name=$1 previous=$2
   shift 2
-  local only=()
+  # The caller's filters (EXTRA) choose the mutants of the first pass; later
+  # passes take exactly the previous pass's missed list (several --re are
+  # OR-ed, so adding the caller's filters there would widen the set again).
+  local select=("${EXTRA[@]}")
   if [ -n "$previous" ]; then
     local missed=$out/$previous/mutants.out/missed.txt
     if [ ! -s "$missed" ]; then
@@ -43,8 +46,9 @@ pass() {
       rm -rf "$out/$name"
       return
     fi
+    select=()
     while IFS= read -r m; do
-      only+=(--re "^$(printf '%s' "$m" | sed 's/[][\.*^$(){}?+|/]/\\&/g')\$")
+      select+=(--re "^$(printf '%s' "$m" | sed 's/[][\.*^$(){}?+|/]/\\&/g')\$")
     done <"$missed"
   fi
   rm -rf "$out/$name"
@@ -52,11 +56,6 @@ pass() {
   printf '\n=== pass %s ===\n' "$name"
   local start=$SECONDS
   # cargo-mutants exits non-zero while any mutant is missed; the totals decide.
-  # The caller's filters (EXTRA) choose the mutants of the first pass; later
-  # passes take exactly the previous pass's missed list (several --re are
-  # OR-ed, so adding the caller's filters there would widen the set again).
-  local select=("${EXTRA[@]}")
-  [ -n "$previous" ] && select=("${only[@]}")
   cargo mutants --no-shuffle -o "$out/$name" "${select[@]}" "$@" || true
   echo "pass $name: $((SECONDS - start)) s"
   for k in caught missed timeout unviable; do

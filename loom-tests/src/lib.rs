@@ -60,10 +60,8 @@ fn screening_bound() -> Option<usize> {
 fn run(name: &str, bound: Option<usize>, model: impl Fn() + Sync + Send + 'static) {
     quiet_injected_panics();
     let screening = screening_bound();
-    let bound = match (bound, screening) {
-        (Some(own), Some(screen)) => Some(own.min(screen)),
-        (own, screen) => own.or(screen),
-    };
+    // The tighter of the model's own bound and the screening bound, if any.
+    let bound = [bound, screening].into_iter().flatten().min();
     let iterations = std::sync::Arc::new(StdAtomicUsize::new(0));
     let counter = std::sync::Arc::clone(&iterations);
     let mut builder = loom::model::Builder::new();
