@@ -74,8 +74,13 @@ case " $PASSES " in *" 2 "*)
   pass 2-std 1-loom-screened --test-package coalescer ;;
 esac
 case " $PASSES " in *" 3 "*)
+  # An explicit timeout: cargo-mutants times its unmutated baseline on the
+  # mutated package (`coalescer`, whose tests are compiled out under loom),
+  # not on --test-package, so the auto timeout would be its 60 s minimum,
+  # and the exhaustive suite takes ~3 min: every mutant would "time out".
   RUSTFLAGS="--cfg loom" \
-    pass 3-loom-exhaustive 2-std --test-package coalescer-loom-tests --cargo-arg=--release ;;
+    pass 3-loom-exhaustive 2-std --test-package coalescer-loom-tests --cargo-arg=--release \
+    --timeout 900 ;;
 esac
 
 # Each pass lists only what it tested itself; add them up.
