@@ -35,9 +35,9 @@
 //! an executable spec can call the same functions.
 
 /// A runner owns the slot. Clear means the slot is dead and must be replaced.
-pub(crate) const RUNNING: u64 = 1 << 0;
+pub(crate) const RUNNING: u64 = 0b01;
 /// A request arrived that no begun cycle covers yet.
-pub(crate) const PENDING: u64 = 1 << 1;
+pub(crate) const PENDING: u64 = 0b10;
 /// Where the cycles-begun counter starts.
 pub(crate) const CYCLE_SHIFT: u32 = 2;
 /// One unit of the cycles-begun counter.
@@ -45,8 +45,8 @@ pub(crate) const CYCLE_ONE: u64 = 1 << CYCLE_SHIFT;
 /// The flag bits.
 pub(crate) const FLAGS: u64 = CYCLE_ONE - 1;
 
-/// The state a slot is born in: running, with its creator's request pending.
-pub(crate) const FRESH: u64 = RUNNING | PENDING;
+/// The state a slot is born in: `RUNNING | PENDING` (asserted below).
+pub(crate) const FRESH: u64 = 0b11;
 
 /// What `begin` adds to the word: one more cycle, and the pending mark
 /// consumed. Valid because `PENDING` is set whenever `begin` runs; the
@@ -55,7 +55,7 @@ pub(crate) const FRESH: u64 = RUNNING | PENDING;
 pub(crate) const BEGIN_DELTA: u64 = CYCLE_ONE.wrapping_sub(PENDING);
 
 static_assertions::const_assert_eq!(RUNNING & PENDING, 0);
-static_assertions::const_assert_eq!((RUNNING | PENDING) & !FLAGS, 0);
+static_assertions::const_assert!(FRESH == RUNNING | PENDING && FRESH & !FLAGS == 0);
 static_assertions::const_assert_eq!(CYCLE_ONE & FLAGS, 0);
 static_assertions::const_assert_eq!(FRESH + BEGIN_DELTA, RUNNING | CYCLE_ONE);
 
