@@ -11,16 +11,29 @@
 //! write lock is taken only to create a slot (a key becoming active), to
 //! remove one (a key going idle), and once per shard by [`Registry::close`].
 //! No lock is ever held while a cycle runs.
+//!
+//! A thread that requests the same key again and again skips the map: each
+//! thread keeps a memo of the last key it requested twice in a row and that
+//! key's slot, and a request for that key does its `fetch_or` on the
+//! memoized slot directly — no hash, no lock, no shared line written but the
+//! slot's state word. A memo is only a hint: a request that finds the
+//! memoized slot dead forgets it and goes to the map, exactly as a request
+//! that finds a dead slot in the map does.
 
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::completion::Completion;
 use crate::error::Admission;
-use crate::slot::Slot;
+use crate::slot::{Mark, Slot};
 use crate::state::Requested;
 use crate::stats::Counters;
-use crate::sync::{in_cycle_of, read, write, Arc, AtomicBool, Ordering, RwLock, StatCounter};
+use crate::sync::{
+    self, in_cycle_of, read, write, Arc, AtomicBool, Ordering, Padded, PerThread, PerThreadValue,
+    RwLock, StatCounter,
+};
+
+use std::sync::atomic::Ordering::Relaxed;
 
 use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
@@ -34,22 +47,114 @@ struct Entry<K> {
 }
 
 /// A shard on cache lines of its own: its lock word is written by every
-/// request (the read lock is an RMW), so two shards sharing a line would
-/// make requests for unrelated keys contend. 128 bytes: x86 prefetches lines
-/// in pairs. The shard's count of coalesced requests sits on the same line,
-/// which those requests write anyway, so counting costs no extra line.
-#[repr(align(128))]
-struct Shard<K> {
+/// request that reads the map (the read lock is an RMW), so two shards
+/// sharing a line would make requests for unrelated keys contend. The
+/// shard's count of coalesced requests sits on the same line, which those
+/// requests write anyway, so counting costs no extra line.
+type Shard<K> = Padded<ShardMap<K>>;
+
+/// The contents of a [`Shard`].
+struct ShardMap<K> {
     map: RwLock<HashTable<Entry<K>>>,
-    /// Requests folded into a live slot of this shard (see `Stats`).
+    /// Requests folded into a live slot of this shard through the map (see
+    /// `Stats`).
     coalesced: StatCounter,
 }
 
-impl<K> std::ops::Deref for Shard<K> {
+impl<K> std::ops::Deref for ShardMap<K> {
     type Target = RwLock<HashTable<Entry<K>>>;
 
     fn deref(&self) -> &Self::Target {
         &self.map
+    }
+}
+
+/// Numbers registries, from 1, for the per-thread memo hints (`sync.rs`);
+/// never reused, so a hint can never point at a later registry by mistake.
+static NEXT_REGISTRY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// What one thread remembers of its own requests to one registry.
+struct Memo<K> {
+    /// Requests this thread folded into a live slot through this memo (see
+    /// `Stats`). Written by this thread only; read by `coalesced_count`.
+    coalesced: Arc<Padded<StatCounter>>,
+    /// The last key this thread requested twice in a row through the map and
+    /// found live, with its slot and this thread's mark registered there. The
+    /// slot may have died since: a request through the memo finds out.
+    hit: Option<Hit<K>>,
+    /// A mark no slot has registered, kept for the next [`Hit`] so that a
+    /// memo moving between keys allocates no new one.
+    spare: Option<Arc<Mark>>,
+}
+
+/// A memo's key, slot and mark.
+struct Hit<K> {
+    key: K,
+    slot: Arc<Slot>,
+    mark: Arc<Mark>,
+}
+
+impl<K: Send + 'static> Memo<K> {
+    /// This thread's memo in `value`, which is `registry`'s for this thread
+    /// (always a `Memo<K>`: a registry stores nothing else there). Created
+    /// on first use, with a statistics counter the registry can sum.
+    #[inline]
+    fn of<'a, S>(
+        value: &'a mut Option<PerThreadValue>,
+        registry: &Registry<K, S>,
+    ) -> Option<&'a mut Self> {
+        value
+            .get_or_insert_with(|| Self::create(registry))
+            .downcast_mut()
+    }
+
+    #[cold]
+    fn create<S>(registry: &Registry<K, S>) -> PerThreadValue {
+        let coalesced = Arc::new(Padded(StatCounter::new(0)));
+        registry
+            .memo_counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::clone(&coalesced));
+        Box::new(Memo::<K> {
+            coalesced,
+            hit: None,
+            spare: None,
+        })
+    }
+
+    /// Makes `slot` (live, `key`'s) the memo's hit, with this thread's mark
+    /// registered there; the previous hit, if any, is let go first.
+    fn remember(&mut self, key: K, slot: Arc<Slot>) {
+        self.forget();
+        let mark = self.spare.take().unwrap_or_else(|| Arc::new(Mark::new()));
+        slot.watch(Arc::clone(&mark));
+        self.hit = Some(Hit { key, slot, mark });
+    }
+
+    /// Lets the hit go: its mark is unregistered (any request marked there
+    /// and not yet consumed is made again as a plain request) and kept as
+    /// the spare, and the key is dropped (a panic in its `Drop` contained).
+    fn forget(&mut self) {
+        if let Some(Hit { key, slot, mark }) = self.hit.take() {
+            slot.unwatch(&mark);
+            drop(slot);
+            // Unique once unregistered: the slot held the only other `Arc`.
+            if Arc::strong_count(&mark) == 1 {
+                self.spare = Some(mark);
+            }
+            drop_contained(Some(key));
+        }
+    }
+
+    /// Counts one request folded into a live slot through this memo.
+    fn count(&self) {
+        // ORDERING: Relaxed, observation only (StatCounter). A load and a
+        // store rather than an RMW: this thread is the counter's only writer
+        // (a thread's value passes to a later thread only after it exited),
+        // so no count is lost, and a plain store costs no locked instruction.
+        let c = &self.coalesced;
+        c.store(c.load(Relaxed) + 1, Relaxed);
     }
 }
 
@@ -59,11 +164,20 @@ pub(crate) struct Registry<K, S> {
     /// `shards.len() - 1`; the length is a power of two.
     mask: usize,
     hasher: S,
-    /// Set once by `close`. Read by admission under a shard lock.
+    /// Set once by `close`. Read by admission, under a shard lock or (on the
+    /// memo path) before the request's one RMW.
     closed: AtomicBool,
     /// Slots created minus slots killed by `go_idle`: the number of keys
     /// with a running or pending cycle.
     active: StatCounter,
+    /// This registry's number, for the per-thread memo hints.
+    id: u64,
+    /// Every memo's count of requests folded through it (see `Stats`);
+    /// pushed to when a thread's memo is created, read by `coalesced_count`.
+    /// A `std` mutex even under loom: observation only (see `sync.rs`).
+    memo_counts: std::sync::Mutex<Vec<Arc<Padded<StatCounter>>>>,
+    /// Each thread's [`Memo`]; dropped with the registry.
+    memos: PerThread,
 }
 
 /// The most shards a registry has, whatever the builder was asked for.
@@ -93,60 +207,66 @@ pub(crate) enum AdmitError<E> {
 
 impl<K, S> Registry<K, S>
 where
-    K: Hash + Eq,
+    K: Hash + Eq + Send + 'static,
     S: BuildHasher + Clone,
 {
-    /// A registry with `shards` shards, rounded up to a power of two and
-    /// clamped to `1..=MAX_SHARDS` (so no request for shards can overflow).
-    pub(crate) fn new(shards: usize, hasher: S) -> Self {
-        let n = shards.clamp(1, MAX_SHARDS).next_power_of_two();
-        Registry {
-            shards: (0..n)
-                .map(|_| Shard {
-                    map: RwLock::new(HashTable::new()),
-                    coalesced: StatCounter::new(0),
-                })
-                .collect(),
-            mask: n - 1,
-            hasher,
-            closed: AtomicBool::new(false),
-            active: StatCounter::new(0),
-        }
-    }
-
-    /// The key's hash, computed once per request.
-    fn hash(&self, key: &K) -> u64 {
-        self.hasher.hash_one(key)
-    }
-
-    /// The shard of a key with hash `hash`. The table uses the hash's low
-    /// bits (bucket) and top seven (tag); the shard takes bits from the
-    /// middle, so that within a shard the buckets still spread.
-    fn shard(&self, hash: u64) -> &Shard<K> {
-        &self.shards[self.shard_index(hash)]
-    }
-
-    fn shard_index(&self, hash: u64) -> usize {
-        // Truncation intended: only these bits pick the shard.
-        (hash >> 32) as usize & self.mask
-    }
-
-    fn is_closed(&self) -> bool {
-        // ORDERING: Acquire pairs with the Release store in `close`. Always
-        // read under a shard lock; the lock hand-off with `close`'s barrier is
-        // what guarantees a request that misses the flag finished its
-        // registration before `close` returned (INV-5).
-        self.closed.load(Ordering::Acquire)
-    }
-
     /// Admits a request for `key`.
     ///
-    /// If the key is active, the request is folded into its slot. Otherwise a
-    /// fresh slot is created, and `start` is called — under the shard's write
-    /// lock, so `close` cannot return before the runner `start` registers is
-    /// visible to it — to start that slot's runner. If `wait` is set, the
-    /// returned admission carries the covering cycle's completion.
+    /// If the key is active, the request is folded into its slot — found
+    /// through this thread's memo, or else in the map. Otherwise a fresh slot
+    /// is created, and `start` is called — under the shard's write lock, so
+    /// `close` cannot return before the runner `start` registers is visible
+    /// to it — to start that slot's runner. If `wait` is set, the returned
+    /// admission carries the covering cycle's completion.
     pub(crate) fn admit<E>(
+        &self,
+        key: K,
+        wait: bool,
+        counters: &Counters,
+        start: impl FnOnce(&K, &Arc<Slot>, u64) -> Result<(), E>,
+    ) -> Result<Admitted, AdmitError<E>> {
+        if !wait && sync::holds_memo_in(self.id) {
+            if let Some(decided) = self.admit_by_memo(&key, counters) {
+                return decided;
+            }
+        }
+        self.admit_by_map(key, wait, counters, start)
+    }
+
+    /// The memo path: if this thread's memo holds `key` and its slot is
+    /// live, folds the request into it with one RMW on the slot's state word,
+    /// writing nothing else shared. `None`: the memo does not decide (it
+    /// holds another key, is busy, or its slot is dead — then it is
+    /// forgotten), and the request goes to the map.
+    fn admit_by_memo<E>(
+        &self,
+        key: &K,
+        counters: &Counters,
+    ) -> Option<Result<Admitted, AdmitError<E>>> {
+        self.memos.with(|value| {
+            let memo = value.and_then(|v| Memo::of(v, self))?;
+            let hit = memo.hit.as_ref().filter(|hit| hit.key == *key)?;
+            if self.is_closed() {
+                return Some(Err(rejected(counters)));
+            }
+            if hit.slot.request_marked(&hit.mark) {
+                memo.count();
+                tracing::debug!(target: "coalescer", "coalesced");
+                return Some(Ok(Admitted {
+                    admission: Admission::Coalesced,
+                    completion: None,
+                }));
+            }
+            // The runner went idle since: the slot is dead and may have been
+            // replaced in the map.
+            memo.forget();
+            sync::set_memo_holder(0);
+            None
+        })
+    }
+
+    /// The map paths of [`admit`](Self::admit).
+    fn admit_by_map<E>(
         &self,
         key: K,
         wait: bool,
@@ -155,20 +275,30 @@ where
     ) -> Result<Admitted, AdmitError<E>> {
         let hash = self.hash(&key);
         let shard = self.shard(hash);
+        // A key requested twice in a row by this thread is worth remembering.
+        let repeated = !wait && sync::repeats_last_request(self.id, hash);
         // Fast path: the key is active and its slot live. One read lock, one RMW.
-        {
+        let joined = {
             let map = read(shard);
             if self.is_closed() {
                 return Err(rejected(counters));
             }
-            if let Some(Entry { slot, .. }) = map.find(hash, |e| e.key == key) {
-                if wait && in_cycle_of(slot.id()) {
-                    return Err(AdmitError::OwnCycle);
+            match map.find(hash, |e| e.key == key) {
+                Some(Entry { slot, .. }) => {
+                    if wait && in_cycle_of(slot.id()) {
+                        return Err(AdmitError::OwnCycle);
+                    }
+                    join_live(slot, wait)
+                        .map(|completion| (completion, repeated.then(|| Arc::clone(slot))))
                 }
-                if let Some(admitted) = join_live(slot, wait) {
-                    return Ok(coalesced(shard, admitted));
-                }
+                None => None,
             }
+        };
+        if let Some((completion, remember)) = joined {
+            if let Some(slot) = remember {
+                self.remember(key, slot);
+            }
+            return Ok(coalesced(shard, completion));
         }
         // Slow path: no slot, or a dead one. Under the write lock nobody else
         // can create or remove this key's slot.
@@ -178,8 +308,8 @@ where
         }
         // Someone may have created a fresh slot since we looked.
         let found = map.find(hash, |e| e.key == key);
-        if let Some(admitted) = found.and_then(|e| join_live(&e.slot, wait)) {
-            return Ok(coalesced(shard, admitted));
+        if let Some(completion) = found.and_then(|e| join_live(&e.slot, wait)) {
+            return Ok(coalesced(shard, completion));
         }
         // The key is idle (no slot, or a dead slot its runner has not removed
         // yet): create its slot, replacing any dead one.
@@ -210,6 +340,75 @@ where
         })
     }
 
+    /// Makes `slot` (live, `key`'s) this thread's memo for this registry.
+    fn remember(&self, key: K, slot: Arc<Slot>) {
+        self.memos.with(|value| {
+            if let Some(memo) = value.and_then(|v| Memo::of(v, self)) {
+                memo.remember(key, slot);
+                sync::set_memo_holder(self.id);
+            }
+        });
+    }
+}
+
+impl<K, S> Registry<K, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher + Clone,
+{
+    /// A registry with `shards` shards, rounded up to a power of two and
+    /// clamped to `1..=MAX_SHARDS` (so no request for shards can overflow).
+    pub(crate) fn new(shards: usize, hasher: S) -> Self {
+        let n = shards.clamp(1, MAX_SHARDS).next_power_of_two();
+        Registry {
+            shards: (0..n)
+                .map(|_| {
+                    Padded(ShardMap {
+                        map: RwLock::new(HashTable::new()),
+                        coalesced: StatCounter::new(0),
+                    })
+                })
+                .collect(),
+            mask: n - 1,
+            hasher,
+            closed: AtomicBool::new(false),
+            active: StatCounter::new(0),
+            // ORDERING: Relaxed: only numbers the registry; nothing is
+            // ordered by it.
+            id: NEXT_REGISTRY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            memo_counts: std::sync::Mutex::default(),
+            memos: PerThread::new(),
+        }
+    }
+
+    /// The key's hash, computed once per request.
+    fn hash(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard of a key with hash `hash`. The table uses the hash's low
+    /// bits (bucket) and top seven (tag); the shard takes bits from the
+    /// middle, so that within a shard the buckets still spread.
+    fn shard(&self, hash: u64) -> &Shard<K> {
+        &self.shards[self.shard_index(hash)]
+    }
+
+    fn shard_index(&self, hash: u64) -> usize {
+        // Truncation intended: only these bits pick the shard.
+        (hash >> 32) as usize & self.mask
+    }
+
+    fn is_closed(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release store in `close`: a
+        // request that happens-after `close` sees the flag. On the map paths
+        // it is read under a shard lock, whose hand-off with `close`'s barrier
+        // guarantees that a request that missed the flag finished before
+        // `close` returned (INV-5). On the memo path it is read before the
+        // one `fetch_or`; a request that misses it there can only fold into a
+        // slot whose runner is still live, which the drain waits for.
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Called by a runner right after its slot went dead: removes the slot
     /// from the map, unless a requester already replaced it with a fresh one.
     ///
@@ -231,13 +430,8 @@ where
             map.shrink_to(target, |e| e.hash);
         }
         drop(map);
-        if let Some(entry) = removed {
-            // The key's `Drop`, outside the lock.
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(entry))) {
-                crate::panic::dispose(payload);
-                tracing::error!(target: "coalescer", "a key's Drop panicked when its idle slot was removed");
-            }
-        }
+        // The key's `Drop`, outside the lock.
+        drop_contained(removed);
         tracing::debug!(target: "coalescer", "reclaimed");
     }
 
@@ -301,13 +495,20 @@ impl<K, S> Registry<K, S> {
         self.closed.store(true, Ordering::Release);
     }
 
-    /// Requests folded into a live slot, over all shards.
-    pub(crate) fn coalesced(&self) -> u64 {
+    /// Requests folded into a live slot: through the map, over all shards,
+    /// and through memos, over all stripes.
+    pub(crate) fn coalesced_count(&self) -> u64 {
         // ORDERING: Relaxed, observation only (StatCounter).
-        self.shards
+        let by_map: u64 = self.shards.iter().map(|s| s.coalesced.load(Relaxed)).sum();
+        let counts = std::sync::PoisonError::into_inner;
+        let by_memo: u64 = self
+            .memo_counts
+            .lock()
+            .unwrap_or_else(counts)
             .iter()
-            .map(|s| s.coalesced.load(std::sync::atomic::Ordering::Relaxed))
-            .sum()
+            .map(|c| c.load(Relaxed))
+            .sum();
+        by_map + by_memo
     }
 
     /// Keys with a running or pending cycle.
@@ -323,27 +524,40 @@ fn rejected<E>(counters: &Counters) -> AdmitError<E> {
     AdmitError::Closed
 }
 
-/// Counts a request folded into an active runner, in its shard.
-fn coalesced<K>(shard: &Shard<K>, admitted: Admitted) -> Admitted {
+/// Counts a request folded into a live slot through the map, in its shard.
+fn coalesced<K>(shard: &Shard<K>, completion: Option<Arc<Completion>>) -> Admitted {
     Counters::bump(&shard.coalesced);
     tracing::debug!(target: "coalescer", "coalesced");
-    admitted
-}
-
-/// Folds a request into `slot` if it is live.
-fn join_live(slot: &Slot, wait: bool) -> Option<Admitted> {
-    let completion = if wait {
-        Some(slot.request_and_register()?)
-    } else {
-        match slot.request() {
-            Requested::Dead => return None,
-            Requested::Coalesced { .. } => None,
-        }
-    };
-    Some(Admitted {
+    Admitted {
         admission: Admission::Coalesced,
         completion,
-    })
+    }
+}
+
+/// Drops `value` — a key, or a memo entry holding one — containing a panic
+/// of the key's `Drop`: it is reported, and the caller (a runner, or a
+/// request already accepted) goes on.
+fn drop_contained<T>(value: Option<T>) {
+    if value.is_none() {
+        return;
+    }
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        crate::panic::dispose(payload);
+        tracing::error!(target: "coalescer", "a key's Drop panicked when the coalescer let it go");
+    }
+}
+
+/// Folds a request into `slot` if it is live: `Some` of the covering
+/// cycle's completion if the request waits (`Some(None)` if not); `None` if
+/// the slot is dead.
+fn join_live(slot: &Slot, wait: bool) -> Option<Option<Arc<Completion>>> {
+    if wait {
+        return slot.request_and_register().map(Some);
+    }
+    match slot.request() {
+        Requested::Dead => None,
+        Requested::Coalesced { .. } => Some(None),
+    }
 }
 
 #[cfg(all(test, not(loom)))]

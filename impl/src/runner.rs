@@ -107,7 +107,7 @@ where
 impl<K, S> Core<K, S> {
     /// A snapshot of the counters.
     pub(crate) fn stats(&self) -> crate::stats::Stats {
-        self.counters.snapshot(self.registry.coalesced())
+        self.counters.snapshot(self.registry.coalesced_count())
     }
 }
 

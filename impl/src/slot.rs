@@ -1,9 +1,21 @@
-//! One active key: the atomic state word and the waiter hand-off, with the
-//! atomic operations that apply the transitions of `state.rs`.
+//! One active key: the atomic state word, the waiter hand-off and the marks,
+//! with the atomic operations that apply the transitions of `state.rs`.
+//!
+//! **Marks.** A request normally sets `PENDING` in the state word, which every
+//! requester of the key writes. A thread that requests the same key again and
+//! again (its memo, `registry.rs`) instead has a [`Mark`] of its own,
+//! registered with the slot: it sets its mark, then reads the state word.
+//! The runner consumes every mark when it begins a cycle, and checks them
+//! once more while going idle, between announcing `DYING` and killing the
+//! slot. Two `SeqCst` fences order the two sides (the store-buffering
+//! pattern): if the requester's read misses `DYING`, the runner's check sees
+//! the mark; if the check misses the mark, the requester sees `DYING` or a
+//! dead slot and takes its mark back before the runner could consume it, or
+//! finds it consumed — in which case the runner revived the slot for it.
 
 use crate::completion::Completion;
 use crate::state::{self, Requested};
-use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
+use crate::sync::{fence, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, Padded};
 
 /// The per-key slot. Exists only while the key is active (INV-6).
 #[derive(Debug)]
@@ -12,19 +24,42 @@ pub(crate) struct Slot {
     /// requesters (`request`) and by this slot's one runner (`begin`,
     /// `go_idle`); never by anyone else.
     state: AtomicU64,
+    /// What the next cycle takes: guarded by this mutex, which `begin` also
+    /// holds while it consumes the pending mark and the marks.
+    next: Mutex<Next>,
+}
+
+/// What a [`Slot`]'s mutex guards.
+#[derive(Debug, Default)]
+struct Next {
     /// The completion that the next cycle to begin will resolve, if a
-    /// `request_and_wait` is waiting for it. Guarded by this mutex, which
-    /// `begin` also holds while it consumes the pending mark, so a waiter
-    /// that registers here and sets `PENDING` under the lock is covered by
-    /// exactly the cycle that takes this completion.
-    next: Mutex<Option<Arc<Completion>>>,
+    /// `request_and_wait` is waiting for it. A waiter that registers here and
+    /// sets `PENDING` under the lock is covered by exactly the cycle that
+    /// takes this completion.
+    completion: Option<Arc<Completion>>,
+    /// The marks of the threads whose memo holds this slot (empty unless a
+    /// thread requested the key repeatedly). Added and removed by those
+    /// threads; consumed by the runner.
+    marks: Vec<Arc<Mark>>,
+}
+
+/// One thread's pending mark on one slot, on cache lines of its own: set by
+/// that thread's requests through its memo, cleared by the slot's runner
+/// when a cycle covers it, or by the thread when it takes it back.
+#[derive(Debug)]
+pub(crate) struct Mark(Padded<AtomicBool>);
+
+impl Mark {
+    pub(crate) fn new() -> Self {
+        Mark(Padded(AtomicBool::new(false)))
+    }
 }
 
 // The per-key cost of an active key (besides its `Arc` header, the key and
-// the map entry): one word of state and one small mutex. Not checked under
-// loom, whose primitives are larger.
+// the map entry): one word of state and a small mutex over an `Option` and
+// an empty `Vec`. Not checked under loom, whose primitives are larger.
 #[cfg(not(loom))]
-static_assertions::const_assert!(std::mem::size_of::<Slot>() <= 24);
+static_assertions::const_assert!(std::mem::size_of::<Slot>() <= 48);
 
 /// What `begin` hands the runner.
 #[derive(Debug)]
@@ -41,7 +76,10 @@ impl Slot {
     pub(crate) fn fresh(waiter: Option<Arc<Completion>>) -> Self {
         Slot {
             state: AtomicU64::new(state::FRESH),
-            next: Mutex::new(waiter),
+            next: Mutex::new(Next {
+                completion: waiter,
+                marks: Vec::new(),
+            }),
         }
     }
 
@@ -80,16 +118,79 @@ impl Slot {
         match self.request() {
             Requested::Dead => None,
             Requested::Coalesced { covered_by } => {
-                let completion = next.get_or_insert_with(|| Arc::new(Completion::new(covered_by)));
+                let completion = next
+                    .completion
+                    .get_or_insert_with(|| Arc::new(Completion::new(covered_by)));
                 debug_assert_eq!(completion.cycle, covered_by);
                 Some(Arc::clone(completion))
             }
         }
     }
 
-    /// The `begin` transition: consumes the pending mark, counts one more
-    /// cycle, and takes the waiters registered for it. Runner only, and only
-    /// while `PENDING` is set.
+    /// A request through `mark` (registered with this slot by
+    /// [`watch`](Self::watch)): sets the mark and reads the state word,
+    /// writing nothing shared. `true`: the request is covered by a cycle of
+    /// this slot's runner. `false`: the slot is dead; nothing was recorded.
+    pub(crate) fn request_marked(&self, mark: &Mark) -> bool {
+        // ORDERING: Release pairs with the Acquire swap in `consume` (by
+        // `begin` or `go_idle`) that reads it: this thread's writes
+        // happen-before the cycle that covers the request (INV-4). Only this
+        // thread sets the mark, so the latest set carries them all.
+        // A swap, not a store: every write to a mark is then an RMW, which
+        // loom models exactly. With a plain store here, loom lets the store
+        // fall between the read and the write of the runner's swap (its
+        // open issue tokio-rs/loom#254) and reports a lost mark that the
+        // memory model forbids.
+        let _ = mark.0 .0.swap(true, Ordering::Release);
+        // ORDERING: SeqCst fence pairs with the one in `go_idle` between the
+        // `dying` exchange and the mark check (store buffering): either this
+        // read sees `DYING` (or later), or that check sees the mark (INV-2).
+        fence(Ordering::SeqCst);
+        // ORDERING: Relaxed: ordered by the fence above. A covered request
+        // needs nothing from the runner; one that finds the slot dying or
+        // dead is ordered below, by `request`'s Acquire RMW.
+        if state::accepts_marks(self.state.load(Ordering::Relaxed)) {
+            return true;
+        }
+        // Dying or dead: the runner may have checked before the mark landed.
+        // Take it back. If the runner took it first, the runner revived the
+        // slot (or began a cycle after the mark): covered.
+        // ORDERING: Relaxed: this swap and the runner's are RMWs on one
+        // location, so exactly one of them reads `true`; what follows is
+        // ordered by `request`'s own AcqRel.
+        if !mark.0 .0.swap(false, Ordering::Relaxed) {
+            return true;
+        }
+        // A plain request now: coalesced if the slot is still live (dying
+        // included: its `PENDING` makes `die` fail), else dead.
+        matches!(self.request(), Requested::Coalesced { .. })
+    }
+
+    /// Registers `mark`: from now on this slot's runner consumes it.
+    pub(crate) fn watch(&self, mark: Arc<Mark>) {
+        lock(&self.next).marks.push(mark);
+    }
+
+    /// Unregisters `mark` (its thread's memo moves on). A request marked
+    /// there and not yet consumed is made again as a plain request, under
+    /// the lock the runner checks the marks under, so it is never dropped
+    /// between the two.
+    pub(crate) fn unwatch(&self, mark: &Arc<Mark>) {
+        let mut next = lock(&self.next);
+        // ORDERING: Relaxed: only this thread stores `true` here, and the
+        // runner, which also clears it, checks under the lock we hold.
+        if mark.0 .0.swap(false, Ordering::Relaxed) {
+            // Accepted while the slot was live, so the slot is live now (the
+            // runner kills it only after consuming every mark) — unless it
+            // was abandoned, whose requests are lost with their runtime.
+            let _ = self.request();
+        }
+        next.marks.retain(|m| !Arc::ptr_eq(m, mark));
+    }
+
+    /// The `begin` transition: consumes the pending mark and the marks,
+    /// counts one more cycle, and takes the waiters registered for it.
+    /// Runner only, and only while `PENDING` is set.
     pub(crate) fn begin(&self) -> Begun {
         let mut next = lock(&self.next);
         // ORDERING: Acquire pairs with the Release half of every requester's
@@ -98,10 +199,12 @@ impl Slot {
         // writes (INV-4). No Release is needed: nothing reads this word to
         // learn about the runner's writes except `go_idle`'s successors.
         let prev = self.state.fetch_add(state::BEGIN_DELTA, Ordering::Acquire);
-        // One `begin` consumes the pending mark of every request so far: they
-        // are all covered by this one cycle (INV-7).
+        // One `begin` consumes the pending mark of every request so far, and
+        // every mark set so far: they are all covered by this one cycle
+        // (INV-7).
         let after = state::begin(prev);
-        let completion = next.take();
+        consume(&next.marks);
+        let completion = next.completion.take();
         drop(next);
         if let Some(c) = &completion {
             debug_assert_eq!(c.cycle, state::cycles_begun(after));
@@ -109,21 +212,56 @@ impl Slot {
         Begun { after, completion }
     }
 
-    /// The `go idle` transition: kills the slot if and only if no request
-    /// arrived since `begun`, in one compare-exchange (no D1 window, INV-2).
-    /// Returns `true` if the slot is now dead; `false` means a request is
-    /// pending and the runner must `begin` again.
+    /// Going idle: kills the slot if and only if no request arrived since
+    /// `begun` — no `PENDING` and no mark — with no window in which a request
+    /// can be stranded (D1, INV-2). Returns `true` if the slot is now dead;
+    /// `false` means a request is pending and the runner must `begin` again.
     pub(crate) fn go_idle(&self, begun: &Begun) -> bool {
-        let (from, to) = state::go_idle(begun.after);
-        // ORDERING: success Release pairs with the Acquire half of the
-        // `fetch_or` in `request` of a requester that then finds this slot
-        // dead and starts the key's next runner: this runner's cycles
-        // happen-before that runner's (INV-1). Failure Relaxed: the runner
-        // goes on to `begin`, whose Acquire RMW synchronizes with the request
-        // that made this exchange fail.
-        self.state
-            .compare_exchange(from, to, Ordering::Release, Ordering::Relaxed)
-            .is_ok()
+        let (from, dying) = state::dying(begun.after);
+        // ORDERING: Relaxed both ways. Success is ordered by the fence below.
+        // Failure: a request set `PENDING`; the runner goes on to `begin`,
+        // whose Acquire RMW synchronizes with that request.
+        if self
+            .state
+            .compare_exchange(from, dying, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        // ORDERING: SeqCst fence pairs with the one in `request_marked`
+        // (store buffering): either the check below sees a request's mark,
+        // or that request's read sees `DYING` and it takes its mark back.
+        fence(Ordering::SeqCst);
+        let next = lock(&self.next);
+        if !consume(&next.marks) {
+            let (from, dead) = state::die(dying);
+            // ORDERING: success Release pairs with the Acquire half of the
+            // `fetch_or` in `request` of a requester that then finds this
+            // slot dead and starts the key's next runner: this runner's
+            // cycles happen-before that runner's (INV-1). Failure Relaxed: a
+            // request set `PENDING`; revived below, and `begin`'s Acquire
+            // RMW synchronizes with it.
+            if self
+                .state
+                .compare_exchange(from, dead, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+        drop(next);
+        // A mark was consumed, or `PENDING` set: back to live with a request
+        // pending, for the runner's next `begin`.
+        // ORDERING: Relaxed: the runner's own transition. The requests it
+        // answers are synchronized already (a mark by `consume`'s Acquire) or
+        // by `begin`'s Acquire RMW (their `fetch_or`s head release sequences
+        // that this RMW continues).
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some(state::revive(s))
+            });
+        false
     }
 
     /// Kills the slot of a runner that is being torn down mid-flight (its
@@ -137,9 +275,23 @@ impl Slot {
         // ORDERING: Release pairs with the Acquire half of `request`'s
         // `fetch_or`, as `go_idle`'s success does: a requester that finds the
         // slot dead starts the next runner after everything this one did.
-        self.state.fetch_and(!state::RUNNING, Ordering::Release);
-        next.take()
+        self.state
+            .fetch_and(!(state::RUNNING | state::DYING), Ordering::Release);
+        next.completion.take()
     }
+}
+
+/// Consumes every mark in `marks`: whether any was set. Under the slot's
+/// lock, by its runner.
+fn consume(marks: &[Arc<Mark>]) -> bool {
+    // Every mark is cleared, not just the first set one: one cycle covers
+    // them all (INV-7).
+    marks.iter().fold(false, |any, mark| {
+        // ORDERING: Acquire pairs with the Release store in `request_marked`
+        // that set it: the marking thread's writes happen-before the cycle
+        // that covers its request (INV-4).
+        mark.0 .0.swap(false, Ordering::Acquire) | any
+    })
 }
 
 #[cfg(all(test, not(loom)))]

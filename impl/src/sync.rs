@@ -21,7 +21,7 @@
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering},
+    atomic::{fence, AtomicBool, AtomicU64, Ordering},
     Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
 #[cfg(loom)]
@@ -29,7 +29,7 @@ pub(crate) use loom::thread;
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering},
+    atomic::{fence, AtomicBool, AtomicU64, Ordering},
     Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
 #[cfg(not(loom))]
@@ -110,6 +110,161 @@ pub(crate) fn wait_until<'a, T>(
     drop(guard);
     thread::yield_now();
     (lock(mutex), deadline.is_some())
+}
+
+/// A value on cache lines of its own. Registry shards: a shard's lock word is written
+/// by every request that reads the map (the read lock is an RMW), so two
+/// shards sharing a line would make requests for unrelated keys contend.
+/// Statistics stripes and per-thread values: each is written by the threads
+/// it belongs to only, and must not share a line with another thread's.
+/// 128 bytes: x86 prefetches lines in pairs.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// One value per thread per owner (a registry): each thread that calls
+/// [`PerThread::with`] gets its own, created empty on first use, and every
+/// value is dropped with the `PerThread`. Type-erased (`dyn Any`), so owners
+/// generic over a key type need no `Send` bound on their struct to hold one;
+/// the owner downcasts to the one type it stores.
+///
+/// Under loom the values are per *loom* thread (loom threads share one OS
+/// thread, whose thread-locals they would otherwise share), kept in a plain
+/// `std` mutex that is never held across a loom operation, so the shim adds
+/// no scheduling point of its own. Each thread's value is on lines of its own
+/// (`thread_local` packs them side by side, and every `with` writes its
+/// borrow flag). For rustdoc's doctest collection in the loom build (see
+/// the task sets below), a type-only stand-in that holds nothing.
+pub(crate) struct PerThread {
+    #[cfg(not(any(loom, doctest)))]
+    values: thread_local::ThreadLocal<Padded<std::cell::RefCell<Option<PerThreadValue>>>>,
+    #[cfg(loom)]
+    values: std::sync::Mutex<Vec<(thread::ThreadId, LoomValue)>>,
+    #[cfg(all(doctest, not(loom)))]
+    values: (),
+}
+
+/// What a [`PerThread`] holds for one thread.
+pub(crate) type PerThreadValue = Box<dyn std::any::Any + Send>;
+
+/// One loom thread's value (see [`PerThread`]).
+#[cfg(loom)]
+type LoomValue = Arc<std::sync::Mutex<Option<PerThreadValue>>>;
+
+impl PerThread {
+    pub(crate) fn new() -> Self {
+        PerThread {
+            values: Default::default(),
+        }
+    }
+
+    /// Calls `f` with this thread's value, or with `None` if this thread is
+    /// already inside `with` on the same `PerThread` (a reentrant call, say
+    /// from a user's `Eq`): the value is then busy and `f` must do without.
+    #[cfg(not(any(loom, doctest)))]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&mut Option<PerThreadValue>>) -> R) -> R {
+        match self
+            .values
+            .get_or(|| Padded(Default::default()))
+            .try_borrow_mut()
+        {
+            Ok(mut value) => f(Some(&mut value)),
+            Err(_) => f(None),
+        }
+    }
+
+    /// See the `std` version.
+    #[cfg(loom)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&mut Option<PerThreadValue>>) -> R) -> R {
+        let me = thread::current().id();
+        let mine = {
+            let mut values = self
+                .values
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((_, value)) = values.iter().find(|(id, _)| *id == me) {
+                Arc::clone(value)
+            } else {
+                let value = Arc::default();
+                values.push((me, Arc::clone(&value)));
+                value
+            }
+        };
+        // Only this loom thread locks `mine`: `try_lock` fails only on reentry.
+        let result = match mine.try_lock() {
+            Ok(mut value) => f(Some(&mut value)),
+            Err(_) => f(None),
+        };
+        result
+    }
+
+    /// The type-only stand-in: never compiled into the library.
+    #[cfg(all(doctest, not(loom)))]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&mut Option<PerThreadValue>>) -> R) -> R {
+        f(None)
+    }
+}
+
+impl std::fmt::Debug for PerThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PerThread").finish_non_exhaustive()
+    }
+}
+
+/// What a thread knows, without looking at any registry, about its own
+/// requests (see the memo in `registry.rs`): the registry and key hash of its
+/// last request that went through a map, and the registry whose memo holds a
+/// key for it (0: none). Only hints: a wrong one costs a detour through the
+/// map, never correctness. Registries are numbered from 1 and never reused.
+#[derive(Debug, Clone, Copy)]
+struct MemoHints {
+    last: (u64, u64),
+    holder: u64,
+}
+
+#[cfg(not(loom))]
+std::thread_local! {
+    static MEMO_HINTS: std::cell::Cell<MemoHints> =
+        const { std::cell::Cell::new(MemoHints { last: (0, 0), holder: 0 }) };
+}
+#[cfg(loom)]
+loom::thread_local! {
+    static MEMO_HINTS: std::cell::Cell<MemoHints> =
+        std::cell::Cell::new(MemoHints { last: (0, 0), holder: 0 });
+}
+
+/// Records a request of this thread through `registry`'s map for a key with
+/// hash `hash`; whether its last one was for the same registry and hash.
+pub(crate) fn repeats_last_request(registry: u64, hash: u64) -> bool {
+    MEMO_HINTS.with(|h| {
+        let mut hints = h.get();
+        let repeated = hints.last == (registry, hash);
+        hints.last = (registry, hash);
+        h.set(hints);
+        repeated
+    })
+}
+
+/// Whether this thread's memo for `registry` may hold a key.
+pub(crate) fn holds_memo_in(registry: u64) -> bool {
+    MEMO_HINTS.with(|h| h.get().holder == registry)
+}
+
+/// Records which registry's memo for this thread holds a key (0: none).
+pub(crate) fn set_memo_holder(registry: u64) {
+    MEMO_HINTS.with(|h| {
+        let mut hints = h.get();
+        hints.holder = registry;
+        h.set(hints);
+    });
 }
 
 /// A boxed runner future: what the async front end hands its task set.

@@ -527,3 +527,136 @@ fn concurrent_requests_never_lose_the_last_write_and_never_overlap() {
     assert!(stats.cycles <= stats.requests);
     assert_eq!(c.active_keys(), 0);
 }
+
+/// A key whose cycles block until the test releases them, one release per
+/// cycle, and announce each start.
+fn blocking_key() -> (
+    impl Fn(&u32) + Send + Sync + 'static,
+    Receiver<()>,
+    Sender<()>,
+    Arc<AtomicU32>,
+) {
+    let (started_tx, started) = channel::<()>();
+    let (release, release_rx) = channel::<()>();
+    let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+    let cycles = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&cycles);
+    let cycle = move |key: &u32| {
+        if *key == 1 {
+            counted.fetch_add(1, SeqCst);
+            started_tx.lock().unwrap().send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }
+    };
+    (cycle, started, release, cycles)
+}
+
+/// A thread that requests one key again and again goes through its memo and
+/// mark after the second request: every request is still counted, still
+/// coalesced into exactly one follow-up (INV-7), and once the key is idle
+/// the next request starts a runner again (the memo's slot is dead).
+#[test]
+fn repeated_requests_through_the_memo_coalesce_and_count() {
+    let (cycle, started, release, cycles) = blocking_key();
+    let c = Coalescer::new(cycle);
+    assert_eq!(c.request(1), Ok(Admission::Started));
+    started.recv().unwrap();
+    for _ in 0..1000 {
+        assert_eq!(c.request(1), Ok(Admission::Coalesced));
+    }
+    release.send(()).unwrap();
+    started.recv().unwrap();
+    release.send(()).unwrap();
+    // Quiescent: wait for the key to go idle without `shutdown`.
+    while c.active_keys() != 0 {
+        std::thread::yield_now();
+    }
+    assert_eq!(cycles.load(SeqCst), 2, "one follow-up for 1000 requests");
+    let stats = c.stats();
+    assert_eq!(
+        (stats.requests, stats.started, stats.coalesced),
+        (1001, 1, 1000)
+    );
+    assert_eq!(
+        c.request(1),
+        Ok(Admission::Started),
+        "the memo's slot is dead"
+    );
+    started.recv().unwrap();
+    release.send(()).unwrap();
+    c.shutdown();
+    assert_eq!(cycles.load(SeqCst), 3);
+}
+
+/// INV-5 on the memo path, which reads `closed` without a shard lock: once a
+/// thread has seen the coalescer closed, its request through its memo is
+/// rejected too, even though the memoized slot is still live (its cycle is
+/// held, so `shutdown` is still draining).
+#[test]
+fn a_request_through_the_memo_after_close_began_is_rejected() {
+    let (cycle, started, release, _) = blocking_key();
+    let c = Arc::new(Coalescer::new(cycle));
+    assert_eq!(c.request(1), Ok(Admission::Started));
+    started.recv().unwrap();
+    assert_eq!(c.request(1), Ok(Admission::Coalesced));
+    assert_eq!(c.request(1), Ok(Admission::Coalesced), "through the memo");
+    let shutting = {
+        let c = Arc::clone(&c);
+        std::thread::spawn(move || c.shutdown())
+    };
+    // Key 2 goes through the map, which sees the close under its lock.
+    while c.request(2) != Err(Closed) {
+        std::thread::yield_now();
+    }
+    let after_close = c.request(1);
+    release.send(()).unwrap();
+    started.recv().unwrap();
+    release.send(()).unwrap();
+    shutting.join().unwrap();
+    assert_eq!(after_close, Err(Closed));
+}
+
+/// INV-6 with memos: a thread's memo keeps at most one key (and its slot)
+/// per coalescer, whatever the number of keys, and dropping the coalescer
+/// frees it — no key outlives the coalescer.
+#[test]
+fn memos_keep_at_most_one_key_per_thread_and_die_with_the_coalescer() {
+    /// A key that holds a share of `alive` for as long as it exists.
+    #[derive(Debug, Clone)]
+    struct Tracked(
+        u32,
+        #[allow(dead_code, reason = "held, never read")] Arc<()>,
+    );
+    impl PartialEq for Tracked {
+        fn eq(&self, other: &Self) -> bool {
+            self.0 == other.0
+        }
+    }
+    impl Eq for Tracked {}
+    impl std::hash::Hash for Tracked {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+    let alive = Arc::new(());
+    let gate = Arc::new(Mutex::new(()));
+    let held = gate.lock().unwrap();
+    let blocked = Arc::clone(&gate);
+    let c = Coalescer::new(move |_: &Tracked| drop(blocked.lock().unwrap()));
+    for k in 0..100 {
+        for _ in 0..3 {
+            let _ = c.request(Tracked(k, Arc::clone(&alive)));
+        }
+    }
+    drop(held);
+    c.shutdown();
+    // Quiescent: the map holds nothing; this thread's memo holds one key.
+    assert_eq!(c.active_keys(), 0);
+    assert!(
+        Arc::strong_count(&alive) <= 2,
+        "keys kept: {}",
+        Arc::strong_count(&alive) - 1
+    );
+    drop(c);
+    assert_eq!(Arc::strong_count(&alive), 1, "a key outlived its coalescer");
+}

@@ -4,7 +4,7 @@
 
 use coalescer::{Admission, Closed, RunError};
 use coalescer_loom_tests::{
-    builder, check, check_bounded, coalescer, paced_coalescer, spawn_requester, Env, Gate,
+    builder, check, check_bounded, coalescer, paced_coalescer, spawn_requester, Env, Fixed, Gate,
     Recorded, INJECTED,
 };
 use loom::sync::Arc;
@@ -333,4 +333,172 @@ fn inv2_inv5_paced_follow_up_covers_a_request_during_the_wait_and_shutdown_drain
         );
         env.done();
     });
+}
+
+/// The blocking front end as the models drive it.
+type Blocking = Recorded<coalescer::blocking::Coalescer<u8, Fixed>>;
+
+/// Builds the memo of this thread for key 0 while cycle 0 is held at
+/// `started`/`release`: the first request starts the runner, the second (a
+/// repeat, coalesced through the map after publishing write 0) makes this
+/// thread remember the slot and register its mark. Requests for key 0 from
+/// this thread then go through the mark.
+fn remember_key_0(c: &Blocking, env: &Env, started: &Gate) {
+    assert_eq!(c.request(0), Ok(Admission::Started));
+    started.wait();
+    env.write(0);
+    assert_eq!(c.request(0), Ok(Admission::Coalesced));
+}
+
+/// A gated coalescer: cycle 0 opens `started` and waits for `release`.
+fn gated(env: &Arc<Env>) -> (Arc<Blocking>, Arc<Gate>, Arc<Gate>) {
+    let (started, release) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+    let c = {
+        let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+        Arc::new(coalescer(env, move |n, _| {
+            if n == 0 {
+                started.open();
+                release.wait();
+            }
+        }))
+    };
+    (c, started, release)
+}
+
+/// D1 for marked requests: a request through this thread's mark races the
+/// runner's follow-up cycle and its transition to idle (`DYING`, the fence,
+/// the mark check, `die`). It is either covered by that runner (its mark seen
+/// at `begin` or while dying, which revives the slot) or finds the slot
+/// dying or dead, takes its mark back and goes on as a plain request — never
+/// stranded. This is the store-buffering race the two `SeqCst` fences
+/// decide (INV-2), and the mark's Release/Acquire pair carries the
+/// requester's write to the covering cycle (INV-4).
+#[test]
+fn inv1_inv2_inv4_marked_request_racing_the_transition_to_idle_is_never_stranded() {
+    check("marked_request_racing_the_transition_to_idle", || {
+        let env = Env::new(2);
+        let (c, started, release) = gated(&env);
+        remember_key_0(&c, &env, &started);
+        release.open();
+        env.write(1);
+        assert!(c.request(0).is_ok());
+        c.shutdown();
+        env.assert_last_cycle_saw(&[0, 1]);
+        let cycles = env.log().len();
+        assert!((2..=3).contains(&cycles), "log: {:?}", env.log());
+        assert_eq!(c.active_keys(), 0);
+        drop(c);
+        assert_eq!(Arc::strong_count(&env), 1);
+        env.done();
+    });
+}
+
+/// INV-5 for marked requests, which read `closed` without a shard lock: a
+/// request through this thread's mark races `shutdown` (on another thread)
+/// and the runner's follow-up. Accepted, it is covered by a cycle that ends
+/// before `shutdown` returns; otherwise it is rejected. No cycle runs after.
+///
+/// BOUND: preemption bound 5 (`BOUND`). Reason: three threads (requester,
+/// shutdown, runner) and two gates; the exhaustive run had not finished after
+/// 12 minutes. With at most 5 preemptions per execution it explores 275 953
+/// iterations in about 65 s (bound 4: 54 500; bound 3: 8 169). The race it
+/// adds to the unbounded models — the memo path reads `closed` without a
+/// shard lock — needs one preemption; the marked request against the idle
+/// transition is covered without a bound by
+/// `inv1_inv2_inv4_marked_request_racing_the_transition_to_idle_…`.
+#[test]
+fn inv5_marked_request_racing_shutdown_is_drained_or_rejected_bounded() {
+    const BOUND: usize = 5;
+    check_bounded("marked_request_racing_shutdown", BOUND, || {
+        let env = Env::new(2);
+        let (c, started, release) = gated(&env);
+        remember_key_0(&c, &env, &started);
+        release.open();
+        let shutdown = {
+            let c = Arc::clone(&c);
+            thread::spawn(move || c.shutdown())
+        };
+        env.write(1);
+        let admission = c.request(0);
+        shutdown.join().unwrap();
+        let at_shutdown = env.log();
+        match admission {
+            Ok(_) => env.assert_last_cycle_saw(&[0, 1]),
+            Err(closed) => assert_eq!(closed, Closed),
+        }
+        drop(c);
+        assert_eq!(
+            env.log(),
+            at_shutdown,
+            "a cycle ran after shutdown returned"
+        );
+        assert_eq!(Arc::strong_count(&env), 1);
+        env.done();
+    });
+}
+
+/// A thread's memo moves to another key while a request it made through its
+/// mark on the first key is not yet consumed: unregistering the mark makes
+/// that request again as a plain request, under the slot's lock, racing the
+/// first key's runner checking the marks and going idle. The request is
+/// covered either way (INV-2, INV-4): by the runner consuming the mark, or
+/// by the follow-up the plain request forces.
+///
+/// BOUND: preemption bound 5 (`BOUND`). Reason: three threads (requester and
+/// two runners) and five gates; the exhaustive run had not finished after 12
+/// minutes. With at most 5 preemptions per execution it explores 246 235
+/// iterations in about 63 s (bound 4: 38 556; bound 3: 4 740). The race is
+/// between two lock holders (the unregistration and the runner's mark check,
+/// both under the slot's lock) and needs one preemption to order either way.
+#[test]
+fn inv2_inv4_a_mark_unregistered_before_its_runner_saw_it_is_not_lost_bounded() {
+    const BOUND: usize = 5;
+    check_bounded(
+        "mark_unregistered_racing_the_transition_to_idle",
+        BOUND,
+        || {
+            let envs = [Env::new(2), Env::new(0)];
+            let gates: [Arc<Gate>; 5] = std::array::from_fn(|_| Arc::new(Gate::default()));
+            let (g, per_key) = (gates.clone(), envs.clone());
+            // Key 0: cycle 0 opens gate 0 and waits for gate 1; cycle 1 opens
+            // gate 2 (it has begun: the marks are consumed) and waits for gate 3.
+            // Key 1: its cycles wait for gate 4, so its slot stays live.
+            let c = builder(&envs[0]).build(move |key: &u8| {
+                let _record = per_key[0].recorded_cycle(*key);
+                let n = per_key[usize::from(*key)].cycle();
+                match (*key, n) {
+                    (0, 0) => {
+                        g[0].open();
+                        g[1].wait();
+                    }
+                    (0, 1) => {
+                        g[2].open();
+                        g[3].wait();
+                    }
+                    (0, _) => {}
+                    _ => g[4].wait(),
+                }
+            });
+            let c = Arc::new(Recorded::new(c, &envs[0]));
+            remember_key_0(&c, &envs[0], &gates[0]);
+            gates[1].open();
+            // Cycle 1 has begun and is held: a marked request now is accepted,
+            // and covered only through its mark (or the plain request that
+            // unregistering the mark makes).
+            gates[2].wait();
+            envs[0].write(1);
+            assert_eq!(c.request(0), Ok(Admission::Coalesced));
+            // Cycle 1 ends; its runner checks the marks and goes idle, racing
+            // two requests for key 1: the second is a repeat, so the memo moves
+            // to key 1 and key 0's mark is unregistered.
+            gates[3].open();
+            assert_eq!(c.request(1), Ok(Admission::Started));
+            assert_eq!(c.request(1), Ok(Admission::Coalesced));
+            gates[4].open();
+            c.shutdown();
+            envs[0].assert_last_cycle_saw(&[0, 1]);
+            assert_eq!(c.active_keys(), 0);
+            envs[0].done();
+        },
+    );
 }

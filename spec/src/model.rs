@@ -152,6 +152,11 @@ pub enum Phase {
     /// Go only: saw `pending` clear and cleared it; about to clear `running`
     /// in a second critical section (the D1 window).
     SawNothingPending,
+    /// Coalescer: announced `DYING`; about to check the marks and kill the
+    /// slot.
+    Dying,
+    /// Coalescer: found a request while dying; about to revive the slot.
+    Reviving,
     /// The slot went idle (dead); about to remove it from the map.
     WentIdle,
     /// The runner has stopped.
@@ -318,9 +323,21 @@ pub enum Action {
         /// Whether the cycle panicked.
         panicked: bool,
     },
-    /// Runner `i` tries to go idle: the compare-exchange (coalescer), or the
-    /// first critical section, read-and-clear `pending` (Go).
+    /// Runner `i` tries to go idle: the `dying` compare-exchange
+    /// (coalescer), or the first critical section, read-and-clear `pending`
+    /// (Go).
     GoIdle {
+        /// The runner.
+        i: u8,
+    },
+    /// Coalescer: dying runner `i` checks the marks and, if none is set,
+    /// tries the `die` compare-exchange.
+    Die {
+        /// The runner.
+        i: u8,
+    },
+    /// Coalescer: runner `i` revives its dying slot (a request came).
+    Revive {
         /// The runner.
         i: u8,
     },
@@ -507,8 +524,10 @@ fn phase_rank(p: Phase) -> u8 {
         Phase::Running => 1,
         Phase::Ended => 2,
         Phase::SawNothingPending => 3,
-        Phase::WentIdle => 4,
-        Phase::Exited { by_panic } => 5 + u8::from(by_panic),
+        Phase::Dying => 4,
+        Phase::Reviving => 5,
+        Phase::WentIdle => 6,
+        Phase::Exited { by_panic } => 7 + u8::from(by_panic),
     }
 }
 
@@ -648,13 +667,31 @@ impl Spec {
             (Protocol::Coalescer, Action::GoIdle { i }) => {
                 let iu = usize::from(i);
                 let slot = usize::from(s.runners[iu].slot);
-                let (from, to) = state::go_idle(s.runners[iu].after);
+                let (from, to) = state::dying(s.runners[iu].after);
+                if s.slots[slot].word == from {
+                    s.slots[slot].word = to;
+                    s.runners[iu].phase = Phase::Dying;
+                    s.runners[iu].after = to;
+                } else {
+                    s.runners[iu].phase = Phase::Ready;
+                }
+            }
+            (Protocol::Coalescer, Action::Die { i }) => {
+                let iu = usize::from(i);
+                let slot = usize::from(s.runners[iu].slot);
+                let (from, to) = state::die(s.runners[iu].after);
                 if s.slots[slot].word == from {
                     s.slots[slot].word = to;
                     s.runners[iu].phase = Phase::WentIdle;
                 } else {
-                    s.runners[iu].phase = Phase::Ready;
+                    s.runners[iu].phase = Phase::Reviving;
                 }
+            }
+            (Protocol::Coalescer, Action::Revive { i }) => {
+                let iu = usize::from(i);
+                let slot = usize::from(s.runners[iu].slot);
+                s.slots[slot].word = state::revive(s.slots[slot].word);
+                s.runners[iu].phase = Phase::Ready;
             }
             (Protocol::Coalescer, Action::Reclaim { i }) => {
                 let iu = usize::from(i);
@@ -809,6 +846,8 @@ impl Model for Spec {
                     }
                 }
                 Phase::Ended => actions.push(Action::GoIdle { i }),
+                Phase::Dying => actions.push(Action::Die { i }),
+                Phase::Reviving => actions.push(Action::Revive { i }),
                 Phase::SawNothingPending => actions.push(Action::ClearRunning { i }),
                 Phase::WentIdle => {
                     if s.locks[key].free() {
@@ -1187,7 +1226,7 @@ fn describe(spec: &Spec, before: &State, action: Action, after: &State) -> Strin
         }
         Action::GoIdle { i } => {
             let went = match after.runners[usize::from(i)].phase {
-                Phase::WentIdle => "no request since begin: slot dead",
+                Phase::Dying => "no request since begin: dying",
                 Phase::SawNothingPending => "saw pending clear, leaves the critical section",
                 _ => "a request is pending: will begin again",
             };
@@ -1197,6 +1236,22 @@ fn describe(spec: &Spec, before: &State, action: Action, after: &State) -> Strin
                 word(after, runner_slot(i))
             )
         }
+        Action::Die { i } => {
+            let went = match after.runners[usize::from(i)].phase {
+                Phase::WentIdle => "no request: slot dead",
+                _ => "a request came: will revive",
+            };
+            format!(
+                "runner {i} tries to kill its dying slot: {} → {}; {went}",
+                word(before, runner_slot(i)),
+                word(after, runner_slot(i))
+            )
+        }
+        Action::Revive { i } => format!(
+            "runner {i} revives its slot: {} → {}",
+            word(before, runner_slot(i)),
+            word(after, runner_slot(i))
+        ),
         Action::ClearRunning { i } => format!(
             "runner {i} clears running and stops: {} (still owed: {})",
             word(after, runner_slot(i)),
@@ -1230,9 +1285,10 @@ impl fmt::Display for Word {
         match protocol {
             Protocol::Coalescer => write!(
                 f,
-                "[{}{} c{}]",
+                "[{}{}{} c{}]",
                 if state::is_live(w) { "R" } else { "-" },
                 if state::is_pending(w) { "P" } else { "-" },
+                if state::is_dying(w) { "D" } else { "-" },
                 state::cycles_begun(w)
             ),
             Protocol::Go => write!(
