@@ -604,10 +604,18 @@ fn a_request_through_the_memo_after_close_began_is_rejected() {
         let c = Arc::clone(&c);
         std::thread::spawn(move || c.shutdown())
     };
-    // Key 2 goes through the map, which sees the close under its lock.
-    while c.request(2) != Err(Closed) {
-        std::thread::yield_now();
-    }
+    // Another thread (so this thread's memo stays on key 1) requests key 2
+    // through the map until it sees the close; this thread learns it from
+    // that thread, so its own request happens after the close began.
+    let closed = {
+        let c = Arc::clone(&c);
+        std::thread::spawn(move || {
+            while c.request(2) != Err(Closed) {
+                std::thread::yield_now();
+            }
+        })
+    };
+    closed.join().unwrap();
     let after_close = c.request(1);
     release.send(()).unwrap();
     started.recv().unwrap();
@@ -659,4 +667,35 @@ fn memos_keep_at_most_one_key_per_thread_and_die_with_the_coalescer() {
     );
     drop(c);
     assert_eq!(Arc::strong_count(&alive), 1, "a key outlived its coalescer");
+}
+
+/// What the memo is for: once a thread has requested a key twice in a row,
+/// its further requests for that key skip the map — the key is not even
+/// hashed again.
+#[test]
+fn a_repeated_key_is_hashed_only_until_the_memo_holds_it() {
+    static HASHED: AtomicUsize = AtomicUsize::new(0);
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Counted(u32);
+    impl std::hash::Hash for Counted {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            HASHED.fetch_add(1, SeqCst);
+            self.0.hash(state);
+        }
+    }
+    let gate = Arc::new(Mutex::new(()));
+    let held = gate.lock().unwrap();
+    let blocked = Arc::clone(&gate);
+    let c = Coalescer::new(move |_: &Counted| drop(blocked.lock().unwrap()));
+    for _ in 0..100 {
+        let _ = c.request(Counted(7));
+    }
+    let hashed = HASHED.load(SeqCst);
+    drop(held);
+    c.shutdown();
+    assert_eq!(
+        hashed, 2,
+        "the first request and the repeat that made the memo"
+    );
+    assert_eq!(c.stats().requests, 100);
 }
