@@ -265,7 +265,9 @@ where
         })
     }
 
-    /// The map paths of [`admit`](Self::admit).
+    /// The map paths of [`admit`](Self::admit). Not inlined: the memo path
+    /// stays small (no frame for the map paths' locals).
+    #[inline(never)]
     fn admit_by_map<E>(
         &self,
         key: K,

@@ -131,6 +131,7 @@ impl Slot {
     /// [`watch`](Self::watch)): sets the mark and reads the state word,
     /// writing nothing shared. `true`: the request is covered by a cycle of
     /// this slot's runner. `false`: the slot is dead; nothing was recorded.
+    #[inline]
     pub(crate) fn request_marked(&self, mark: &Mark) -> bool {
         // ORDERING: Release pairs with the Acquire swap in `consume` (by
         // `begin` or `go_idle`) that reads it: this thread's writes

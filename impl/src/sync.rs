@@ -170,6 +170,7 @@ impl PerThread {
     /// already inside `with` on the same `PerThread` (a reentrant call, say
     /// from a user's `Eq`): the value is then busy and `f` must do without.
     #[cfg(not(any(loom, doctest)))]
+    #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&mut Option<PerThreadValue>>) -> R) -> R {
         match self
             .values
@@ -243,6 +244,7 @@ loom::thread_local! {
 
 /// Records a request of this thread through `registry`'s map for a key with
 /// hash `hash`; whether its last one was for the same registry and hash.
+#[inline]
 pub(crate) fn repeats_last_request(registry: u64, hash: u64) -> bool {
     MEMO_HINTS.with(|h| {
         let mut hints = h.get();
@@ -254,11 +256,13 @@ pub(crate) fn repeats_last_request(registry: u64, hash: u64) -> bool {
 }
 
 /// Whether this thread's memo for `registry` may hold a key.
+#[inline]
 pub(crate) fn holds_memo_in(registry: u64) -> bool {
     MEMO_HINTS.with(|h| h.get().holder == registry)
 }
 
 /// Records which registry's memo for this thread holds a key (0: none).
+#[inline]
 pub(crate) fn set_memo_holder(registry: u64) {
     MEMO_HINTS.with(|h| {
         let mut hints = h.get();
