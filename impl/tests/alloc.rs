@@ -109,3 +109,39 @@ fn the_coalesced_path_allocates_nothing() {
         "allocations on the coalesced path"
     );
 }
+
+/// A memo that moves between two keys — each requested twice in a row, in
+/// turn — reuses its mark: after the first rounds, no allocation at all.
+/// (Unregistering the old mark hands it back; a leaked registration or a
+/// fresh mark per move would allocate on every move.)
+#[test]
+fn a_memo_moving_between_keys_allocates_nothing() {
+    let (release, held) = channel::<()>();
+    let held = Mutex::new(held);
+    let (started_tx, started) = channel::<()>();
+    let started_tx = Mutex::new(started_tx);
+    let c = coalescer::blocking::Coalescer::new(move |_: &u64| {
+        started_tx.lock().unwrap().send(()).unwrap();
+        let _ = held.lock().unwrap().recv();
+    });
+    for key in [0, 1] {
+        c.request(key).unwrap();
+        started.recv().unwrap();
+    }
+    let round = || {
+        for key in [0, 1] {
+            c.request(key).unwrap();
+            c.request(key).unwrap();
+        }
+    };
+    round();
+    round();
+    let moving = allocations_of(|| {
+        for _ in 0..10_000 {
+            round();
+        }
+    });
+    drop(release);
+    c.shutdown();
+    assert_eq!(moving, 0, "allocations while the memo moves between keys");
+}

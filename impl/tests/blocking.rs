@@ -686,7 +686,15 @@ fn a_repeated_key_is_hashed_only_until_the_memo_holds_it() {
     let gate = Arc::new(Mutex::new(()));
     let held = gate.lock().unwrap();
     let blocked = Arc::clone(&gate);
-    let c = Coalescer::new(move |_: &Counted| drop(blocked.lock().unwrap()));
+    let c = Arc::new(Coalescer::new(move |_: &Counted| {
+        drop(blocked.lock().unwrap());
+    }));
+    // Another thread starts the key, so this thread's first request for it
+    // is already coalesced: it is not yet a repeat, and must not be
+    // remembered.
+    let starter = Arc::clone(&c);
+    let started = std::thread::spawn(move || starter.request(Counted(7)));
+    assert_eq!(started.join().unwrap(), Ok(Admission::Started));
     for _ in 0..100 {
         let _ = c.request(Counted(7));
     }
@@ -694,8 +702,8 @@ fn a_repeated_key_is_hashed_only_until_the_memo_holds_it() {
     drop(held);
     c.shutdown();
     assert_eq!(
-        hashed, 2,
-        "the first request and the repeat that made the memo"
+        hashed, 3,
+        "the starting request; then this thread's first, and the repeat that made the memo"
     );
-    assert_eq!(c.stats().requests, 100);
+    assert_eq!(c.stats().requests, 101);
 }

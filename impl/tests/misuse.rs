@@ -444,3 +444,50 @@ fn any_shard_count_is_accepted() {
         c.shutdown();
     }
 }
+
+/// A key whose `Eq` requests again on the same coalescer, from inside the
+/// memo's key check (the thread's memo is then in use): the inner request
+/// goes through the map instead, and nothing panics.
+#[test]
+fn a_key_whose_eq_requests_again_does_not_trip_over_the_memo() {
+    static COALESCER: std::sync::OnceLock<blocking::Coalescer<Reentrant>> =
+        std::sync::OnceLock::new();
+    std::thread_local! {
+        static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    /// Requests key 2 from inside its first comparison on this thread.
+    #[derive(Debug, Clone)]
+    struct Reentrant(u32);
+    impl Hash for Reentrant {
+        fn hash<H: Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+    impl PartialEq for Reentrant {
+        fn eq(&self, other: &Self) -> bool {
+            if !INSIDE.with(|i| i.replace(true)) {
+                let inner = COALESCER.get().map(|c| c.request(Reentrant(2)));
+                assert!(matches!(inner, Some(Ok(_))), "inner request: {inner:?}");
+            }
+            self.0 == other.0
+        }
+    }
+    impl Eq for Reentrant {}
+    let gate = Arc::new(Mutex::new(()));
+    let held = gate.lock().unwrap();
+    let blocked = Arc::clone(&gate);
+    let c = COALESCER.get_or_init(|| {
+        blocking::Coalescer::new(move |_: &Reentrant| drop(blocked.lock().unwrap()))
+    });
+    // Key 1: started, repeated (the memo takes it), then through the memo,
+    // whose key check is the first comparison on this thread.
+    INSIDE.with(|i| i.set(true));
+    assert_eq!(c.request(Reentrant(1)), Ok(Admission::Started));
+    assert_eq!(c.request(Reentrant(1)), Ok(Admission::Coalesced));
+    INSIDE.with(|i| i.set(false));
+    assert_eq!(c.request(Reentrant(1)), Ok(Admission::Coalesced));
+    assert!(INSIDE.with(std::cell::Cell::get), "the key check ran");
+    drop(held);
+    c.shutdown();
+    assert_eq!(c.stats().requests, 4, "three for key 1, one for key 2");
+}

@@ -11,9 +11,11 @@
 //!
 //! Two ways to order the stripe write before the state read (the Dekker
 //! pattern against a runner that kills the slot, then scans the stripes):
-//! a `SeqCst` swap, which loom models; or a plain `Release` store, which is
-//! only correct if the runner issues an asymmetric fence (`membarrier`)
-//! before its scan — which loom does not model.
+//! a `SeqCst` swap (loom models `SeqCst` accesses only as `AcqRel`, so not
+//! this pattern); or a plain `Release` store, which is only correct if the
+//! runner issues an asymmetric fence (`membarrier`) before its scan — which
+//! loom does not model. The row "as built" is what the crate does: a swap
+//! and a `SeqCst` fence, the form loom does verify.
 
 #[cfg(loom)]
 fn main() {}
@@ -51,13 +53,28 @@ mod floor {
 
         /// Marks thread `t`'s stripe with a `SeqCst` swap, then reads the
         /// state: both `SeqCst`, so they are ordered against a runner's
-        /// `SeqCst` kill-then-scan. Returns whether the key is still owned.
+        /// `SeqCst` kill-then-scan (in the C++ model; loom cannot check it).
+        /// Returns whether the key is still owned.
         fn request_seqcst(&self, t: usize) -> bool {
             // ORDERING: SeqCst pairs with the runner's SeqCst kill and scan
             // (the Dekker pattern); measured here, not run against one.
             self.stripes[t].0.swap(1, Ordering::SeqCst);
             // ORDERING: SeqCst, the other half of the same pattern.
             self.state.0.load(Ordering::SeqCst) & 1 != 0
+        }
+
+        /// What `Slot::request_marked` does, as built: a `Release` swap on
+        /// the thread's mark, a `SeqCst` fence (the form loom verifies), a
+        /// `Relaxed` read of the state.
+        fn request_as_built(&self, t: usize) -> bool {
+            // ORDERING: Release pairs with the runner's Acquire swap of the
+            // mark; measured here, not run against one.
+            self.stripes[t].0.swap(1, Ordering::Release);
+            // ORDERING: SeqCst fence pairs with the runner's fence between
+            // its `dying` exchange and its mark check.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            // ORDERING: Relaxed, ordered by the fence.
+            self.state.0.load(Ordering::Relaxed) & 1 != 0
         }
 
         /// The same with a plain `Release` store: correct only with an
@@ -121,6 +138,12 @@ mod floor {
                 "hot key: stripe (SeqCst swap + load)",
                 Box::new(|t, _| {
                     black_box(hot.request_seqcst(t));
+                }),
+            ),
+            (
+                "hot key: mark as built (Release swap + SeqCst fence + load)",
+                Box::new(|t, _| {
+                    black_box(hot.request_as_built(t));
                 }),
             ),
             (
