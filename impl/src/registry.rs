@@ -13,12 +13,12 @@
 //! No lock is ever held while a cycle runs.
 //!
 //! A thread that requests the same key again and again skips the map: each
-//! thread keeps a memo of the last key it requested twice in a row and that
-//! key's slot, and a request for that key does its `fetch_or` on the
-//! memoized slot directly — no hash, no lock, no shared line written but the
-//! slot's state word. A memo is only a hint: a request that finds the
-//! memoized slot dead forgets it and goes to the map, exactly as a request
-//! that finds a dead slot in the map does.
+//! thread keeps a memo of the last key it requested twice in a row, that
+//! key's slot and a mark of its own registered there (`slot.rs`), and a
+//! request for that key sets the mark and reads the slot's state word — no
+//! hash, no lock, no line written that another thread writes. A memo is only
+//! a hint: a request that finds the memoized slot dead forgets it and goes to
+//! the map, exactly as a request that finds a dead slot in the map does.
 
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -234,8 +234,8 @@ where
     }
 
     /// The memo path: if this thread's memo holds `key` and its slot is
-    /// live, folds the request into it with one RMW on the slot's state word,
-    /// writing nothing else shared. `None`: the memo does not decide (it
+    /// live, folds the request into it through this thread's mark, writing
+    /// nothing another thread writes. `None`: the memo does not decide (it
     /// holds another key, is busy, or its slot is dead — then it is
     /// forgotten), and the request goes to the map.
     fn admit_by_memo<E>(

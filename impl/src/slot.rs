@@ -276,8 +276,7 @@ impl Slot {
         // ORDERING: Release pairs with the Acquire half of `request`'s
         // `fetch_or`, as `go_idle`'s success does: a requester that finds the
         // slot dead starts the next runner after everything this one did.
-        self.state
-            .fetch_and(!(state::RUNNING | state::DYING), Ordering::Release);
+        self.state.fetch_and(!state::WATCHED, Ordering::Release);
         next.completion.take()
     }
 }

@@ -60,6 +60,9 @@ pub(crate) const CYCLE_ONE: u64 = 1 << CYCLE_SHIFT;
 /// The flag bits.
 pub(crate) const FLAGS: u64 = CYCLE_ONE - 1;
 
+/// The bits a marking request reads: `RUNNING | DYING` (asserted below).
+pub(crate) const WATCHED: u64 = 0b101;
+
 /// The state a slot is born in: `RUNNING | PENDING` (asserted below).
 pub(crate) const FRESH: u64 = 0b11;
 
@@ -71,6 +74,7 @@ pub(crate) const BEGIN_DELTA: u64 = CYCLE_ONE.wrapping_sub(PENDING);
 
 static_assertions::const_assert_eq!(RUNNING & PENDING, 0);
 static_assertions::const_assert!(DYING & (RUNNING | PENDING) == 0 && DYING & !FLAGS == 0);
+static_assertions::const_assert!(WATCHED == RUNNING | DYING);
 static_assertions::const_assert!(FRESH == RUNNING | PENDING && FRESH & !FLAGS == 0);
 static_assertions::const_assert_eq!(CYCLE_ONE & FLAGS, 0);
 static_assertions::const_assert_eq!(FRESH + BEGIN_DELTA, RUNNING | CYCLE_ONE);
@@ -92,7 +96,7 @@ pub(crate) const fn is_dying(s: u64) -> bool {
 /// the runner will read the mark before the slot can die.
 #[inline]
 pub(crate) const fn accepts_marks(s: u64) -> bool {
-    s & (RUNNING | DYING) == RUNNING
+    s & WATCHED == RUNNING
 }
 
 /// Whether a request is waiting for a cycle to begin.
@@ -182,7 +186,7 @@ pub(crate) fn die(dying: u64) -> (u64, u64) {
         is_live(dying) && is_dying(dying) && !is_pending(dying),
         "coalescer: die from illegal state {dying:#b}"
     );
-    (dying, dying & !(RUNNING | DYING))
+    (dying, dying & !WATCHED)
 }
 
 /// The `revive` transition: a dying slot that found a request (a mark, or

@@ -134,42 +134,36 @@ impl<T> std::ops::Deref for Padded<T> {
 /// [`PerThread::with`] gets its own, created empty on first use, and every
 /// value is dropped with the `PerThread`. Type-erased (`dyn Any`), so owners
 /// generic over a key type need no `Send` bound on their struct to hold one;
-/// the owner downcasts to the one type it stores.
+/// the owner downcasts to the one type it stores. Each thread's value is on
+/// lines of its own (`thread_local` packs them side by side, and every
+/// `with` writes its borrow flag).
 ///
-/// Under loom the values are per *loom* thread (loom threads share one OS
-/// thread, whose thread-locals they would otherwise share), kept in a plain
-/// `std` mutex that is never held across a loom operation, so the shim adds
-/// no scheduling point of its own. Each thread's value is on lines of its own
-/// (`thread_local` packs them side by side, and every `with` writes its
-/// borrow flag). For rustdoc's doctest collection in the loom build (see
-/// the task sets below), a type-only stand-in that holds nothing.
+/// Under loom the values are per *loom* thread (`loom_tasks::PerThread`):
+/// loom threads share one OS thread, whose thread-locals they would
+/// otherwise share.
+#[cfg(not(any(loom, doctest)))]
 pub(crate) struct PerThread {
-    #[cfg(not(any(loom, doctest)))]
     values: thread_local::ThreadLocal<Padded<std::cell::RefCell<Option<PerThreadValue>>>>,
-    #[cfg(loom)]
-    values: std::sync::Mutex<Vec<(thread::ThreadId, LoomValue)>>,
-    #[cfg(all(doctest, not(loom)))]
-    values: (),
 }
+#[cfg(all(doctest, not(loom)))]
+pub(crate) use self::doctest_tasks::PerThread;
+#[cfg(loom)]
+pub(crate) use self::loom_tasks::PerThread;
 
 /// What a [`PerThread`] holds for one thread.
 pub(crate) type PerThreadValue = Box<dyn std::any::Any + Send>;
 
-/// One loom thread's value (see [`PerThread`]).
-#[cfg(loom)]
-type LoomValue = Arc<std::sync::Mutex<Option<PerThreadValue>>>;
-
+#[cfg(not(any(loom, doctest)))]
 impl PerThread {
     pub(crate) fn new() -> Self {
         PerThread {
-            values: Default::default(),
+            values: thread_local::ThreadLocal::new(),
         }
     }
 
     /// Calls `f` with this thread's value, or with `None` if this thread is
     /// already inside `with` on the same `PerThread` (a reentrant call, say
     /// from a user's `Eq`): the value is then busy and `f` must do without.
-    #[cfg(not(any(loom, doctest)))]
     #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&mut Option<PerThreadValue>>) -> R) -> R {
         match self
@@ -180,43 +174,6 @@ impl PerThread {
             Ok(mut value) => f(Some(&mut value)),
             Err(_) => f(None),
         }
-    }
-
-    /// See the `std` version.
-    #[cfg(loom)]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&mut Option<PerThreadValue>>) -> R) -> R {
-        let me = thread::current().id();
-        let mine = {
-            let mut values = self
-                .values
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((_, value)) = values.iter().find(|(id, _)| *id == me) {
-                Arc::clone(value)
-            } else {
-                let value = Arc::default();
-                values.push((me, Arc::clone(&value)));
-                value
-            }
-        };
-        // Only this loom thread locks `mine`: `try_lock` fails only on reentry.
-        let result = match mine.try_lock() {
-            Ok(mut value) => f(Some(&mut value)),
-            Err(_) => f(None),
-        };
-        result
-    }
-
-    /// The type-only stand-in: never compiled into the library.
-    #[cfg(all(doctest, not(loom)))]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&mut Option<PerThreadValue>>) -> R) -> R {
-        f(None)
-    }
-}
-
-impl std::fmt::Debug for PerThread {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PerThread").finish_non_exhaustive()
     }
 }
 
@@ -373,7 +330,23 @@ pub fn doc_block_on<F: std::future::Future>(_: F) -> F::Output {
 mod doctest_tasks {
     use std::task::{Context, Poll};
 
-    use super::BoxFuture;
+    use super::{BoxFuture, PerThreadValue};
+
+    /// Type-only stand-in for `sync::PerThread`.
+    pub(crate) struct PerThread;
+
+    impl PerThread {
+        pub(crate) fn new() -> Self {
+            PerThread
+        }
+
+        pub(crate) fn with<R>(
+            &self,
+            f: impl FnOnce(Option<&mut Option<PerThreadValue>>) -> R,
+        ) -> R {
+            f(None)
+        }
+    }
 
     #[derive(Debug, Clone)]
     pub(crate) struct Handle;
@@ -654,7 +627,54 @@ mod tokio_tasks {
 mod loom_tasks {
     use std::task::{Context, Poll};
 
-    use super::{lock, thread, BoxFuture, Mutex};
+    use super::{lock, thread, Arc, BoxFuture, Mutex, PerThreadValue};
+
+    /// `sync::PerThread` for loom: one value per *loom* thread (loom threads
+    /// share one OS thread, whose thread-locals they would otherwise share),
+    /// kept in a plain `std` mutex that is never held across a loom
+    /// operation, so it adds no scheduling point of its own.
+    pub(crate) struct PerThread {
+        values: std::sync::Mutex<Vec<(thread::ThreadId, LoomValue)>>,
+    }
+
+    /// One loom thread's value.
+    type LoomValue = Arc<std::sync::Mutex<Option<PerThreadValue>>>;
+
+    impl PerThread {
+        pub(crate) fn new() -> Self {
+            PerThread {
+                values: std::sync::Mutex::default(),
+            }
+        }
+
+        /// See the `std` version.
+        pub(crate) fn with<R>(
+            &self,
+            f: impl FnOnce(Option<&mut Option<PerThreadValue>>) -> R,
+        ) -> R {
+            let me = thread::current().id();
+            let mine = {
+                let mut values = self
+                    .values
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some((_, value)) = values.iter().find(|(id, _)| *id == me) {
+                    Arc::clone(value)
+                } else {
+                    let value = Arc::default();
+                    values.push((me, Arc::clone(&value)));
+                    value
+                }
+            };
+            // Only this loom thread locks `mine`: `try_lock` fails only on
+            // reentry.
+            let result = match mine.try_lock() {
+                Ok(mut value) => f(Some(&mut value)),
+                Err(_) => f(None),
+            };
+            result
+        }
+    }
 
     /// Stands in for a runtime handle: loom threads need none.
     #[derive(Debug, Clone)]

@@ -707,3 +707,48 @@ fn a_repeated_key_is_hashed_only_until_the_memo_holds_it() {
     );
     assert_eq!(c.stats().requests, 101);
 }
+
+/// Two threads, each with the key in its memo, request it through their
+/// marks during the same held cycle (no `PENDING`, two marks set when the
+/// runner goes idle): the runner's mark check sees both, revives the slot,
+/// and exactly one follow-up covers them (INV-2, INV-7).
+#[test]
+fn two_marked_requests_during_one_cycle_get_one_follow_up() {
+    let (cycle, started, release, cycles) = blocking_key();
+    let c = Arc::new(Coalescer::new(cycle));
+    assert_eq!(c.request(1), Ok(Admission::Started));
+    started.recv().unwrap();
+    // Each thread requests twice while cycle 1 is held: the repeat makes its
+    // memo (and sets `PENDING`: cycle 2 follows).
+    let barrier = Arc::new(Barrier::new(3));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, barrier) = (Arc::clone(&c), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                assert_eq!(c.request(1), Ok(Admission::Coalesced));
+                assert_eq!(c.request(1), Ok(Admission::Coalesced));
+                barrier.wait(); // memo made
+                barrier.wait(); // cycle 2 has begun and is held
+                assert_eq!(c.request(1), Ok(Admission::Coalesced), "through the mark");
+            })
+        })
+        .collect();
+    barrier.wait();
+    release.send(()).unwrap();
+    started.recv().unwrap();
+    barrier.wait();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Cycle 2 ends with two marks set and no `PENDING`; cycle 3, if it
+    // comes, finds its release already sent (no wait on a cycle that a bug
+    // would never start).
+    release.send(()).unwrap();
+    release.send(()).unwrap();
+    c.shutdown();
+    assert_eq!(
+        cycles.load(SeqCst),
+        3,
+        "one follow-up for the two marked requests"
+    );
+}
