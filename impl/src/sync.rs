@@ -8,16 +8,19 @@
 //!
 //! Two things deliberately do **not** come from loom:
 //!
-//! - the statistics counters and the active-key count ([`StatCounter`]): they
-//!   are observation-only (nothing is ordered by them, no decision reads
-//!   them);
+//! - the statistics counters, the active-key count ([`StatCounter`]) and the
+//!   registry's list of per-thread memo counters (a `std` mutex): they are
+//!   observation-only (nothing is ordered by them, no decision reads them);
 //! - [`Arc`]: its reference count orders only the deallocation of what it
 //!   owns (std's own, separately verified, protocol); no decision of ours
 //!   reads a count.
 //!
 //! Modelling either would multiply the interleavings loom explores — every
 //! loom `Arc` clone and drop is a scheduling point — without checking
-//! anything of ours.
+//! anything of ours. (Per-thread state is per *loom* thread under loom: the
+//! memo hints are loom thread-locals, and the loom `PerThread` keeps its
+//! values in a plain `std` mutex that is never held across a loom operation,
+//! so neither adds a scheduling point.)
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
@@ -112,11 +115,11 @@ pub(crate) fn wait_until<'a, T>(
     (lock(mutex), deadline.is_some())
 }
 
-/// A value on cache lines of its own. Registry shards: a shard's lock word is written
-/// by every request that reads the map (the read lock is an RMW), so two
-/// shards sharing a line would make requests for unrelated keys contend.
-/// Statistics stripes and per-thread values: each is written by the threads
-/// it belongs to only, and must not share a line with another thread's.
+/// A value on cache lines of its own. Registry shards: a shard's lock word
+/// is written by every request that reads the map (the read lock is an RMW),
+/// so two shards sharing a line would make requests for unrelated keys
+/// contend. Marks, memo counters and per-thread values: each is written by
+/// one thread only, and must not share a line with another thread's.
 /// 128 bytes: x86 prefetches lines in pairs.
 #[derive(Debug)]
 #[repr(align(128))]
