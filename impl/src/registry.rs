@@ -111,11 +111,7 @@ impl<K: Send + 'static> Memo<K> {
     #[cold]
     fn create<S>(registry: &Registry<K, S>) -> PerThreadValue {
         let coalesced = Arc::new(Padded(StatCounter::new(0)));
-        registry
-            .memo_counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Arc::clone(&coalesced));
+        registry.memo_counts().push(Arc::clone(&coalesced));
         Box::new(Memo::<K> {
             coalesced,
             hit: None,
@@ -165,7 +161,7 @@ pub(crate) struct Registry<K, S> {
     mask: usize,
     hasher: S,
     /// Set once by `close`. Read by admission, under a shard lock or (on the
-    /// memo path) before the request's one RMW.
+    /// memo path) before the request sets its mark.
     closed: AtomicBool,
     /// Slots created minus slots killed by `go_idle`: the number of keys
     /// with a running or pending cycle.
@@ -406,7 +402,7 @@ where
         // it is read under a shard lock, whose hand-off with `close`'s barrier
         // guarantees that a request that missed the flag finished before
         // `close` returned (INV-5). On the memo path it is read before the
-        // one `fetch_or`; a request that misses it there can only fold into a
+        // mark is set; a request that misses it there can only fold into a
         // slot whose runner is still live, which the drain waits for.
         self.closed.load(Ordering::Acquire)
     }
@@ -498,19 +494,19 @@ impl<K, S> Registry<K, S> {
     }
 
     /// Requests folded into a live slot: through the map, over all shards,
-    /// and through memos, over all stripes.
+    /// and through memos, over every thread's memo counter.
     pub(crate) fn coalesced_count(&self) -> u64 {
         // ORDERING: Relaxed, observation only (StatCounter).
         let by_map: u64 = self.shards.iter().map(|s| s.coalesced.load(Relaxed)).sum();
-        let counts = std::sync::PoisonError::into_inner;
-        let by_memo: u64 = self
-            .memo_counts
-            .lock()
-            .unwrap_or_else(counts)
-            .iter()
-            .map(|c| c.load(Relaxed))
-            .sum();
+        let by_memo: u64 = self.memo_counts().iter().map(|c| c.load(Relaxed)).sum();
         by_map + by_memo
+    }
+
+    /// The list of memo counters, locked (poison ignored, as in `sync::lock`).
+    fn memo_counts(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Padded<StatCounter>>>> {
+        self.memo_counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Keys with a running or pending cycle.

@@ -287,7 +287,7 @@ fn consume(marks: &[Arc<Mark>]) -> bool {
     // Every mark is cleared, not just the first set one: one cycle covers
     // them all (INV-7).
     marks.iter().fold(false, |any, mark| {
-        // ORDERING: Acquire pairs with the Release store in `request_marked`
+        // ORDERING: Acquire pairs with the Release swap in `request_marked`
         // that set it: the marking thread's writes happen-before the cycle
         // that covers its request (INV-4).
         mark.0 .0.swap(false, Ordering::Acquire) | any

@@ -53,15 +53,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Two coalesced requests: the thread's memo for this coalescer is made.
-fn warm_up<T>(mut request: impl FnMut() -> T) {
-    request();
-    request();
-}
-
-#[test]
-fn the_coalesced_path_allocates_nothing() {
-    // Blocking: 16 keys held running by cycles blocked on a channel.
+/// A blocking coalescer whose cycles announce themselves on the returned
+/// receiver and then block until the returned sender is dropped.
+fn held_blocking() -> (
+    coalescer::blocking::Coalescer<u64>,
+    std::sync::mpsc::Sender<()>,
+    std::sync::mpsc::Receiver<()>,
+) {
     let (release, held) = channel::<()>();
     let held = Mutex::new(held);
     let (started_tx, started) = channel::<()>();
@@ -70,6 +68,19 @@ fn the_coalesced_path_allocates_nothing() {
         started_tx.lock().unwrap().send(()).unwrap();
         let _ = held.lock().unwrap().recv();
     });
+    (c, release, started)
+}
+
+/// Two coalesced requests: the thread's memo for this coalescer is made.
+fn warm_up<T>(mut request: impl FnMut() -> T) {
+    request();
+    request();
+}
+
+#[test]
+fn the_coalesced_path_allocates_nothing() {
+    // Blocking: a key held running by a cycle blocked on a channel.
+    let (c, release, started) = held_blocking();
     c.request(0).unwrap();
     started.recv().unwrap();
     warm_up(|| c.request(0).unwrap());
@@ -116,14 +127,7 @@ fn the_coalesced_path_allocates_nothing() {
 /// fresh mark per move would allocate on every move.)
 #[test]
 fn a_memo_moving_between_keys_allocates_nothing() {
-    let (release, held) = channel::<()>();
-    let held = Mutex::new(held);
-    let (started_tx, started) = channel::<()>();
-    let started_tx = Mutex::new(started_tx);
-    let c = coalescer::blocking::Coalescer::new(move |_: &u64| {
-        started_tx.lock().unwrap().send(()).unwrap();
-        let _ = held.lock().unwrap().recv();
-    });
+    let (c, release, started) = held_blocking();
     for key in [0, 1] {
         c.request(key).unwrap();
         started.recv().unwrap();
