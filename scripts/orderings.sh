@@ -24,8 +24,12 @@ weakenings=$(cat <<'LIST'
 request-acqrel-acquire|impl/src/slot.rs|fetch_or(state::PENDING, Ordering::AcqRel)|fetch_or(state::PENDING, Ordering::Acquire)
 request-acqrel-release|impl/src/slot.rs|fetch_or(state::PENDING, Ordering::AcqRel)|fetch_or(state::PENDING, Ordering::Release)
 begin-acquire-relaxed|impl/src/slot.rs|fetch_add(state::BEGIN_DELTA, Ordering::Acquire)|fetch_add(state::BEGIN_DELTA, Ordering::Relaxed)
-go-idle-release-relaxed|impl/src/slot.rs|compare_exchange(from, to, Ordering::Release, Ordering::Relaxed)|compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed)
-abandon-release-relaxed|impl/src/slot.rs|fetch_and(!state::RUNNING, Ordering::Release)|fetch_and(!state::RUNNING, Ordering::Relaxed)
+die-release-relaxed|impl/src/slot.rs|compare_exchange(from, dead, Ordering::Release, Ordering::Relaxed)|compare_exchange(from, dead, Ordering::Relaxed, Ordering::Relaxed)
+abandon-release-relaxed|impl/src/slot.rs|fetch_and(!state::WATCHED, Ordering::Release)|fetch_and(!state::WATCHED, Ordering::Relaxed)
+mark-release-relaxed|impl/src/slot.rs|mark.0 .0.swap(true, Ordering::Release)|mark.0 .0.swap(true, Ordering::Relaxed)
+consume-acquire-relaxed|impl/src/slot.rs|mark.0 .0.swap(false, Ordering::Acquire)|mark.0 .0.swap(false, Ordering::Relaxed)
+request-marked-fence-seqcst-acqrel|impl/src/slot.rs|or that check sees the mark (INV-2).\n        fence(Ordering::SeqCst);|or that check sees the mark (INV-2).\n        fence(Ordering::AcqRel);
+go-idle-fence-seqcst-acqrel|impl/src/slot.rs|it takes its mark back.\n        fence(Ordering::SeqCst);|it takes its mark back.\n        fence(Ordering::AcqRel);
 is-closed-acquire-relaxed|impl/src/registry.rs|self.closed.load(Ordering::Acquire)|self.closed.load(Ordering::Relaxed)
 close-release-relaxed|impl/src/registry.rs|// holding a shard lock; any lock taken after it sees the flag.\n        self.closed.store(true, Ordering::Release);|// holding a shard lock; any lock taken after it sees the flag.\n        self.closed.store(true, Ordering::Relaxed);
 mark-closed-release-relaxed|impl/src/registry.rs|// ORDERING: Release pairs with the Acquire load in `is_closed`.\n        self.closed.store(true, Ordering::Release);|// ORDERING: Release pairs with the Acquire load in `is_closed`.\n        self.closed.store(true, Ordering::Relaxed);
@@ -57,6 +61,17 @@ verdict() {
   msg=$(grep -m1 -A1 -E "^thread '[^']+' .*panicked" "$f" | tail -n1 | cut -c1-140 || true)
   echo "\`$model\`: $msg"
 }
+
+# Every weakening must still name text that occurs exactly once: an entry
+# that the code has moved away from would otherwise fail midway, or not at all.
+stale=0
+while IFS='|' read -r id file old new; do
+  if ! apply "$file" "$old" "$old" 2>"$log/preflight"; then
+    echo "stale entry $id: $(cat "$log/preflight")" >&2
+    stale=1
+  fi
+done <<<"$weakenings"
+[ "$stale" = 0 ] || exit 2
 
 echo "| weakening | screened (bound $SCREEN) | exhaustive | first failure |"
 echo "|---|---|---|---|"
