@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! cargo run -p coalescer-spec --release -- check     # exhaustive check, with counts
+//! cargo run -p coalescer-spec --release -- marks [KEYS REQUESTERS EACH OTHERS]
+//!                                                     # with memos and marks
 //! cargo run -p coalescer-spec --release -- go        # the Go algorithm's D1/D2 traces
 //! cargo run -p coalescer-spec --release -- explore [ADDR]   # default 127.0.0.1:3000
 //! ```
@@ -15,6 +17,22 @@ fn main() -> std::process::ExitCode {
     let command = args.next();
     match command.as_deref() {
         Some("check") => report(model::run(Spec::coalescer())),
+        Some("marks") => {
+            // Optional bounds: KEYS REQUESTERS REQUESTS_EACH OTHERS_MAKE.
+            let mut spec = Spec::marks();
+            let mut bound = |field: &mut u8| {
+                if let Some(n) = args.next().and_then(|a| a.parse().ok()) {
+                    *field = n;
+                }
+            };
+            bound(&mut spec.keys);
+            bound(&mut spec.requesters);
+            bound(&mut spec.requests_each);
+            let mut others = spec.others_make.unwrap_or(spec.requests_each);
+            bound(&mut others);
+            spec.others_make = Some(others);
+            report(model::run(spec))
+        }
         Some("go") => report(model::run(Spec::go())),
         Some("explore") => {
             let address = args.next().unwrap_or_else(|| "127.0.0.1:3000".to_owned());
@@ -23,7 +41,7 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: coalescer-spec check | go | explore [ADDR]");
+            eprintln!("usage: coalescer-spec check | marks [KEYS REQUESTERS EACH OTHERS] | go | explore [ADDR]");
             std::process::ExitCode::from(2)
         }
     }

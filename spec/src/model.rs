@@ -44,11 +44,21 @@ pub struct Spec {
     pub requesters: u8,
     /// Requests each requester makes, at most (each to any key).
     pub requests_each: u8,
+    /// Requesters after the first make at most this many requests instead,
+    /// if set (at most `requests_each`). The first requester then drives the
+    /// scenario and the others only race it; the symmetry reduction still
+    /// renames the requesters of equal budget.
+    pub others_make: Option<u8>,
     /// Whether a cycle may panic.
     pub panics: bool,
     /// Whether a shutdown may happen, at any point (ignored for Go, which has
     /// no shutdown).
     pub shutdown: bool,
+    /// Whether requesters keep memos and request through their marks
+    /// (coalescer only). A requester may remember any slot it joined on the
+    /// fast path: the code's policy (the second request in a row for the
+    /// key) is one of the choices, so its executions are among the model's.
+    pub marks: bool,
 }
 
 impl Spec {
@@ -60,8 +70,36 @@ impl Spec {
             keys: 2,
             requesters: 3,
             requests_each: 2,
+            others_make: None,
             panics: true,
             shutdown: true,
+            marks: false,
+        }
+    }
+
+    /// The bounds of the check with memos and marks: 2 keys; one requester
+    /// of up to 3 requests (remember a slot, request through the mark,
+    /// request again or move the memo), raced by a requester of 1 request;
+    /// a shutdown at any point. No panics: a panicking cycle ends through
+    /// the same steps as one that returns (the default check covers it), and
+    /// the marks add nothing to that path. (A second racing requester, or a
+    /// second request for the one there is, did not finish in 10 minutes.)
+    pub fn marks() -> Self {
+        Spec {
+            requesters: 2,
+            requests_each: 3,
+            others_make: Some(1),
+            panics: false,
+            marks: true,
+            ..Spec::coalescer()
+        }
+    }
+
+    /// How many requests requester `r` makes at most.
+    fn budget(&self, r: usize) -> u8 {
+        match self.others_make {
+            Some(n) if r > 0 => n.min(self.requests_each),
+            _ => self.requests_each,
         }
     }
 
@@ -114,15 +152,48 @@ pub enum Step {
         /// The key requested.
         key: u8,
     },
+    /// Joined `slot` on the fast path (accepted) and will make it its memo:
+    /// about to unregister its mark from the old memo's slot and register
+    /// it with `slot`.
+    Remembering {
+        /// The slot joined.
+        slot: u8,
+    },
+    /// Memo path: read `closed` (open); about to set its mark.
+    MemoOpen,
+    /// Memo path: set its mark (an `AcqRel` swap); about to read the
+    /// memo slot's state word.
+    Marked,
+    /// Memo path: read the word dying or dead; about to take the mark back.
+    TakingBack,
+    /// Memo path: the memo's slot is dead; about to unregister the mark.
+    Forgetting,
+    /// Forgot its memo; about to go to the map (take the read lock).
+    ToMap {
+        /// The key requested.
+        key: u8,
+    },
 }
 
 /// One requester thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Requester {
+    /// Requests it makes at most (fixed; kept here so that the symmetry
+    /// reduction renames only requesters of equal budget).
+    pub budget: u8,
     /// Requests invoked so far (the current one included).
     pub issued: u8,
     /// Where the current request is.
     pub step: Step,
+    /// Its memo: the slot its mark is registered with, if any.
+    pub memo: Option<u8>,
+    /// Its mark: set (the code's `AtomicBool` is `true`) iff non-zero. The
+    /// bits are ghost: the requests whose setting of the mark no runner has
+    /// consumed and no take-back has removed.
+    pub mark: u16,
+    /// Ghost: requests taken back from the mark that the current request
+    /// carries on; whatever covers it covers them.
+    pub carried: u16,
 }
 
 /// One slot: a key's state word while it is active. The Go protocol keeps
@@ -155,6 +226,9 @@ pub enum Phase {
     /// Coalescer: announced `DYING`; about to check the marks and kill the
     /// slot.
     Dying,
+    /// Coalescer with marks: found no mark while dying, still holding the
+    /// slot's lock; about to try the `die` compare-exchange.
+    Checked,
     /// Coalescer: found a request while dying; about to revive the slot.
     Reviving,
     /// The slot went idle (dead); about to remove it from the map.
@@ -256,6 +330,19 @@ pub struct Ghost {
     pub reclaimed: u8,
     /// Non-vacuity: a key was reclaimed, then became active again.
     pub recreated: bool,
+    /// Non-vacuity (marks): a request was accepted through its mark.
+    pub marked: bool,
+    /// Non-vacuity (marks): a dying runner's check found a mark and revived.
+    pub found_by_check: bool,
+    /// Non-vacuity (marks): a requester took back a mark still set and made
+    /// the request again.
+    pub took_back: bool,
+    /// Non-vacuity (marks): a requester found its memo's slot dead, forgot
+    /// it and went to the map.
+    pub forgot_dead: bool,
+    /// Non-vacuity (marks): a memo moved while its mark was still set, and
+    /// the unregistering made the request again.
+    pub reasserted: bool,
 }
 
 /// The whole system at one instant.
@@ -298,6 +385,44 @@ pub enum Action {
     FastPath {
         /// The requester.
         r: u8,
+        /// Marks only: if it joins, it makes the slot its memo.
+        remember: bool,
+    },
+    /// `Memo::remember`: unregister the mark from the old memo's slot (under
+    /// that slot's lock; a mark still set there is made again as a plain
+    /// request) and register it with the slot just joined.
+    Remember {
+        /// The requester.
+        r: u8,
+    },
+    /// `request_marked`: set the mark (`swap(true)`) and the fence.
+    SetMark {
+        /// The requester.
+        r: u8,
+    },
+    /// `request_marked`: read the state word; accepted if live and not dying.
+    ReadState {
+        /// The requester.
+        r: u8,
+    },
+    /// `Slot::take_back`, under the slot's lock: take the mark back
+    /// (`swap(false)`); accepted if the runner had consumed it; else the
+    /// plain `request` RMW, accepted if the slot is live.
+    TakeBack {
+        /// The requester.
+        r: u8,
+    },
+    /// `Memo::forget` of a dead memo: unregister the mark (under the slot's
+    /// lock).
+    Forget {
+        /// The requester.
+        r: u8,
+    },
+    /// After forgetting: into the map, as `Request` does (read lock, read
+    /// `closed`).
+    EnterMap {
+        /// The requester.
+        r: u8,
     },
     /// Slow path: take the write lock and read `closed`.
     LockForWrite {
@@ -310,6 +435,11 @@ pub enum Action {
     SlowPath {
         /// The requester.
         r: u8,
+        /// Marks only: it then makes the slot its memo. (The code remembers
+        /// only on the fast path; letting the model remember here too adds
+        /// executions, so that one requester can build a memo in its first
+        /// request.)
+        remember: bool,
     },
     /// Runner `i`'s `begin` (the cycle starts).
     Begin {
@@ -330,8 +460,16 @@ pub enum Action {
         /// The runner.
         i: u8,
     },
-    /// Coalescer: dying runner `i` checks the marks and, if none is set,
-    /// tries the `die` compare-exchange.
+    /// Coalescer with marks: dying runner `i` takes its slot's lock and
+    /// consumes every mark registered there; if one was set it revives,
+    /// else it keeps the lock for `Die`.
+    Check {
+        /// The runner.
+        i: u8,
+    },
+    /// Coalescer: dying runner `i` tries the `die` compare-exchange (without
+    /// marks the check before it finds none, and is left out); then
+    /// releases the slot's lock.
     Die {
         /// The runner.
         i: u8,
@@ -374,10 +512,24 @@ impl Spec {
     }
 }
 
-/// Marks request `id` accepted into slot `slot`.
+/// Marks request `id` accepted into slot `slot`, with the requests its
+/// requester carries from a mark it took back (request `id` comes after
+/// them, so the cycle that covers it covers them).
 fn accept(s: &mut State, id: usize, slot: usize) {
+    let r = id / (s.requests.len() / s.requesters.len());
+    let carried = std::mem::take(&mut s.requesters[r].carried);
+    s.slots[slot].owed |= carried | 1 << id;
+    accepted(s, id);
+}
+
+/// Request `id` returns accepted: owed a cycle — unless one already covered
+/// it (a runner consumed its mark and began): then it was accepted when it
+/// set its mark, and this is only its return.
+fn accepted(s: &mut State, id: usize) {
+    if s.requests[id].fate == Fate::Covered {
+        return;
+    }
     s.requests[id].fate = Fate::Owed;
-    s.slots[slot].owed |= 1 << id;
     if s.shutdown == Shutdown::Done {
         s.ghost.accepted_after_shutdown = true;
     } else if s.closed {
@@ -385,10 +537,57 @@ fn accept(s: &mut State, id: usize, slot: usize) {
     }
 }
 
+/// The current request of requester `r` is rejected; requests it carried
+/// from a taken-back mark are dropped with it (and stay owed: the
+/// properties then report them).
 fn reject(s: &mut State, id: usize, r: usize) {
     s.requests[id].fate = Fate::Rejected;
     s.requesters[r].step = Step::Idle;
+    s.requesters[r].carried = 0;
     s.ghost.rejected = true;
+}
+
+/// Consumes every mark registered with `slot`: the requests they carry.
+fn consume(s: &mut State, slot: u8) -> u16 {
+    s.requesters
+        .iter_mut()
+        .filter(|q| q.memo == Some(slot))
+        .fold(0, |ids, q| ids | std::mem::take(&mut q.mark))
+}
+
+/// Whether requester `r`'s memo holds `key` (its request takes the memo
+/// path).
+fn memo_holds(s: &State, r: usize, key: u8) -> bool {
+    s.requesters[r]
+        .memo
+        .is_some_and(|slot| s.slots[usize::from(slot)].key == key)
+}
+
+/// `Slot::unwatch` of requester `r`'s memo, under the slot's lock: a mark
+/// still set is taken back and made again as a plain request. (That
+/// request was accepted while the slot was live; if the slot is dead now,
+/// the properties report it as never covered.)
+fn unwatch(s: &mut State, r: usize) {
+    let Some(slot) = s.requesters[r].memo.take() else {
+        return;
+    };
+    let ids = std::mem::take(&mut s.requesters[r].mark);
+    if ids != 0 {
+        s.ghost.reasserted = true;
+        let su = usize::from(slot);
+        let prev = s.slots[su].word;
+        s.slots[su].word = state::request(prev);
+        if let state::Requested::Coalesced { .. } = state::requested(prev) {
+            s.slots[su].owed |= ids;
+        }
+    }
+}
+
+/// Whether a runner holds `slot`'s lock between its check and `Die`.
+fn slot_locked(s: &State, slot: u8) -> bool {
+    s.runners
+        .iter()
+        .any(|r| r.slot == slot && r.phase == Phase::Checked)
 }
 
 /// Starts a runner for a fresh slot of `key` owed request `id`.
@@ -413,7 +612,16 @@ fn exit(s: &mut State, i: usize, by_panic: bool) {
     s.runners[i].phase = Phase::Exited { by_panic };
     let slot = s.runners[i].slot;
     let others = s.runners.iter().any(|r| r.slot == slot && r.active());
-    if s.slots[usize::from(slot)].owed != 0 && !others {
+    // A set mark may belong to a request still in flight (it will take the
+    // mark back); one that belongs to an accepted request is stranded.
+    let marked_owed = s
+        .requesters
+        .iter()
+        .filter(|q| q.memo == Some(slot))
+        .fold(0, |ids, q| ids | q.mark);
+    let marked_owed = (0..s.requests.len())
+        .any(|id| marked_owed & (1 << id) != 0 && s.requests[id].fate == Fate::Owed);
+    if (s.slots[usize::from(slot)].owed != 0 || marked_owed) && !others {
         if by_panic {
             s.ghost.stranded_by_panic = true;
         } else {
@@ -432,14 +640,27 @@ fn normalize(s: &mut State) {
     let word_of = |r: &Runner| s.slots[usize::from(r.slot)].word;
     runners.sort_by_key(|r| (key_of(r), word_of(r), r.after, phase_rank(r.phase)));
     // Slots in canonical order: per key, the one in the map, then those of
-    // its runners in runner order.
+    // its runners in runner order, then those only requesters still refer
+    // to (a memo, or a slot about to become one), in requester order.
+    let held = |q: &Requester| {
+        let remembering = match q.step {
+            Step::Remembering { slot } => Some(slot),
+            _ => None,
+        };
+        q.memo.into_iter().chain(remembering)
+    };
     let mut order: Vec<u8> = Vec::new();
     for k in 0..s.map.len() {
         let of_key = runners
             .iter()
             .filter(|r| usize::from(key_of(r)) == k)
             .map(|r| r.slot);
-        for old in s.map[k].into_iter().chain(of_key) {
+        let held_of_key = s
+            .requesters
+            .iter()
+            .flat_map(held)
+            .filter(|&slot| usize::from(s.slots[usize::from(slot)].key) == k);
+        for old in s.map[k].into_iter().chain(of_key).chain(held_of_key) {
             if !order.contains(&old) {
                 order.push(old);
             }
@@ -448,6 +669,12 @@ fn normalize(s: &mut State) {
     let renumber = |old: u8| order.iter().position(|&o| o == old).map(|n| n as u8);
     for r in &mut runners {
         r.slot = renumber(r.slot).unwrap_or(u8::MAX);
+    }
+    for q in &mut s.requesters {
+        q.memo = q.memo.and_then(renumber);
+        if let Step::Remembering { slot } = &mut q.step {
+            *slot = renumber(*slot).unwrap_or(u8::MAX);
+        }
     }
     for m in &mut s.map {
         *m = m.and_then(renumber);
@@ -467,9 +694,19 @@ pub fn representative(s: &State) -> State {
     let each = s.requests.len() / n;
     let mine = |r: usize| &s.requests[r * each..(r + 1) * each];
     let mut order: Vec<usize> = (0..n).collect();
+    // The first key keeps requesters of larger budget first, as built.
+    let key = |q: &Requester| {
+        (
+            std::cmp::Reverse(q.budget),
+            q.issued,
+            step_rank(q.step),
+            q.memo,
+            q.mark != 0,
+        )
+    };
     order.sort_by(|&a, &b| {
-        let ka = (s.requesters[a].issued, step_rank(s.requesters[a].step));
-        let kb = (s.requesters[b].issued, step_rank(s.requesters[b].step));
+        let ka = key(&s.requesters[a]);
+        let kb = key(&s.requesters[b]);
         ka.cmp(&kb).then_with(|| {
             let ra = mine(a).iter().map(request_rank);
             let rb = mine(b).iter().map(request_rank);
@@ -486,14 +723,19 @@ pub fn representative(s: &State) -> State {
             to_new[old * each + i] = new * each + i;
         }
     }
+    let rename = |ids: u16| {
+        to_new
+            .iter()
+            .enumerate()
+            .filter(|&(old, _)| ids & (1 << old) != 0)
+            .fold(0u16, |acc, (_, &new)| acc | 1 << new)
+    };
     for slot in &mut out.slots {
-        let mut owed = 0u16;
-        for (old, &new) in to_new.iter().enumerate() {
-            if slot.owed & (1 << old) != 0 {
-                owed |= 1 << new;
-            }
-        }
-        slot.owed = owed;
+        slot.owed = rename(slot.owed);
+    }
+    for q in &mut out.requesters {
+        q.mark = rename(q.mark);
+        q.carried = rename(q.carried);
     }
     out
 }
@@ -504,6 +746,12 @@ fn step_rank(step: Step) -> (u8, u8) {
         Step::ReadLocked { key } => (1, key),
         Step::NeedsWrite { key } => (2, key),
         Step::WriteLocked { key } => (3, key),
+        Step::Remembering { slot } => (4, slot),
+        Step::MemoOpen => (5, 0),
+        Step::Marked => (6, 0),
+        Step::TakingBack => (7, 0),
+        Step::Forgetting => (8, 0),
+        Step::ToMap { key } => (9, key),
     }
 }
 
@@ -525,16 +773,19 @@ fn phase_rank(p: Phase) -> u8 {
         Phase::Ended => 2,
         Phase::SawNothingPending => 3,
         Phase::Dying => 4,
-        Phase::Reviving => 5,
-        Phase::WentIdle => 6,
-        Phase::Exited { by_panic } => 7 + u8::from(by_panic),
+        Phase::Checked => 5,
+        Phase::Reviving => 6,
+        Phase::WentIdle => 7,
+        Phase::Exited { by_panic } => 8 + u8::from(by_panic),
     }
 }
 
-/// Runner `i` begins a cycle: the ghost owed set is what it covers.
+/// Runner `i` begins a cycle: it covers the slot's ghost owed set and the
+/// requests of every mark it consumes.
 fn cover(s: &mut State, i: usize) {
     let slot = usize::from(s.runners[i].slot);
-    let owed = std::mem::take(&mut s.slots[slot].owed);
+    let marked = consume(s, s.runners[i].slot);
+    let owed = std::mem::take(&mut s.slots[slot].owed) | marked;
     if owed == 0 {
         s.ghost.spurious_cycle = true;
     }
@@ -564,6 +815,15 @@ impl Spec {
                 let id = self.current(&s, r);
                 s.requests[id].key = key;
                 s.requests[id].fate = Fate::InFlight;
+                if memo_holds(&s, ru, key) {
+                    // The memo path: `closed` first, no lock.
+                    if s.closed {
+                        reject(&mut s, id, ru);
+                    } else {
+                        s.requesters[ru].step = Step::MemoOpen;
+                    }
+                    return Some(s);
+                }
                 // Under the read lock: `closed` first.
                 if s.closed {
                     reject(&mut s, id, ru);
@@ -572,7 +832,7 @@ impl Spec {
                     s.requesters[ru].step = Step::ReadLocked { key };
                 }
             }
-            (Protocol::Coalescer, Action::FastPath { r }) => {
+            (Protocol::Coalescer, Action::FastPath { r, remember }) => {
                 let ru = usize::from(r);
                 let Step::ReadLocked { key } = s.requesters[ru].step else {
                     return None;
@@ -581,14 +841,89 @@ impl Spec {
                 s.locks[usize::from(key)].readers -= 1;
                 s.requesters[ru].step = Step::NeedsWrite { key };
                 if let Some(slot) = s.map[usize::from(key)] {
-                    let slot = usize::from(slot);
-                    let prev = s.slots[slot].word;
-                    s.slots[slot].word = state::request(prev);
+                    let su = usize::from(slot);
+                    let prev = s.slots[su].word;
+                    s.slots[su].word = state::request(prev);
                     if let state::Requested::Coalesced { .. } = state::requested(prev) {
-                        accept(&mut s, id, slot);
+                        accept(&mut s, id, su);
                         s.ghost.coalesced = true;
-                        s.requesters[ru].step = Step::Idle;
+                        s.requesters[ru].step = if remember {
+                            Step::Remembering { slot }
+                        } else {
+                            Step::Idle
+                        };
                     }
+                }
+            }
+            (Protocol::Coalescer, Action::Remember { r }) => {
+                let ru = usize::from(r);
+                let Step::Remembering { slot } = s.requesters[ru].step else {
+                    return None;
+                };
+                unwatch(&mut s, ru);
+                // Registering a mark that is not set: the runner sees a
+                // longer list, nothing else.
+                s.requesters[ru].memo = Some(slot);
+                s.requesters[ru].step = Step::Idle;
+            }
+            (Protocol::Coalescer, Action::SetMark { r }) => {
+                let ru = usize::from(r);
+                let id = self.current(&s, r);
+                s.requesters[ru].mark |= 1 << id;
+                s.requesters[ru].step = Step::Marked;
+            }
+            (Protocol::Coalescer, Action::ReadState { r }) => {
+                let ru = usize::from(r);
+                let id = self.current(&s, r);
+                let slot = usize::from(s.requesters[ru].memo?);
+                if state::accepts_marks(s.slots[slot].word) {
+                    accepted(&mut s, id);
+                    s.ghost.marked = true;
+                    s.requesters[ru].step = Step::Idle;
+                } else {
+                    s.requesters[ru].step = Step::TakingBack;
+                }
+            }
+            (Protocol::Coalescer, Action::TakeBack { r }) => {
+                let ru = usize::from(r);
+                let id = self.current(&s, r);
+                let slot = usize::from(s.requesters[ru].memo?);
+                let ids = std::mem::take(&mut s.requesters[ru].mark);
+                if ids == 0 {
+                    // The runner consumed it: it revived the slot, or began.
+                    accepted(&mut s, id);
+                    s.requesters[ru].step = Step::Idle;
+                    return Some(s);
+                }
+                s.requesters[ru].carried |= ids;
+                s.ghost.took_back = true;
+                let prev = s.slots[slot].word;
+                s.slots[slot].word = state::request(prev);
+                if let state::Requested::Coalesced { .. } = state::requested(prev) {
+                    accept(&mut s, id, slot);
+                    s.requesters[ru].step = Step::Idle;
+                } else {
+                    s.requesters[ru].step = Step::Forgetting;
+                }
+            }
+            (Protocol::Coalescer, Action::Forget { r }) => {
+                let ru = usize::from(r);
+                let key = s.requests[self.current(&s, r)].key;
+                unwatch(&mut s, ru);
+                s.ghost.forgot_dead = true;
+                s.requesters[ru].step = Step::ToMap { key };
+            }
+            (Protocol::Coalescer, Action::EnterMap { r }) => {
+                let ru = usize::from(r);
+                let Step::ToMap { key } = s.requesters[ru].step else {
+                    return None;
+                };
+                let id = self.current(&s, r);
+                if s.closed {
+                    reject(&mut s, id, ru);
+                } else {
+                    s.locks[usize::from(key)].readers += 1;
+                    s.requesters[ru].step = Step::ReadLocked { key };
                 }
             }
             (Protocol::Coalescer, Action::LockForWrite { r }) => {
@@ -604,7 +939,7 @@ impl Spec {
                     s.requesters[ru].step = Step::WriteLocked { key };
                 }
             }
-            (Protocol::Coalescer, Action::SlowPath { r }) => {
+            (Protocol::Coalescer, Action::SlowPath { r, remember }) => {
                 let ru = usize::from(r);
                 let Step::WriteLocked { key } = s.requesters[ru].step else {
                     return None;
@@ -612,20 +947,28 @@ impl Spec {
                 let id = self.current(&s, r);
                 let k = usize::from(key);
                 s.locks[k].writer = false;
-                s.requesters[ru].step = Step::Idle;
+                let then = |slot: u8| {
+                    if remember {
+                        Step::Remembering { slot }
+                    } else {
+                        Step::Idle
+                    }
+                };
                 if let Some(slot) = s.map[k] {
-                    let slot = usize::from(slot);
-                    let prev = s.slots[slot].word;
-                    s.slots[slot].word = state::request(prev);
+                    let su = usize::from(slot);
+                    let prev = s.slots[su].word;
+                    s.slots[su].word = state::request(prev);
                     if let state::Requested::Coalesced { .. } = state::requested(prev) {
-                        accept(&mut s, id, slot);
+                        accept(&mut s, id, su);
                         s.ghost.coalesced = true;
+                        s.requesters[ru].step = then(slot);
                         return Some(s);
                     }
                     s.ghost.replaced_dead_slot = true;
                 }
                 let slot = start(&mut s, key, state::FRESH, id);
                 s.map[k] = Some(slot);
+                s.requesters[ru].step = then(slot);
             }
             (Protocol::Coalescer, Action::Begin { i }) => {
                 let iu = usize::from(i);
@@ -674,6 +1017,18 @@ impl Spec {
                     s.runners[iu].after = to;
                 } else {
                     s.runners[iu].phase = Phase::Ready;
+                }
+            }
+            (Protocol::Coalescer, Action::Check { i }) => {
+                let iu = usize::from(i);
+                let slot = s.runners[iu].slot;
+                let ids = consume(&mut s, slot);
+                if ids == 0 {
+                    s.runners[iu].phase = Phase::Checked;
+                } else {
+                    s.slots[usize::from(slot)].owed |= ids;
+                    s.ghost.found_by_check = true;
+                    s.runners[iu].phase = Phase::Reviving;
                 }
             }
             (Protocol::Coalescer, Action::Die { i }) => {
@@ -787,13 +1142,16 @@ impl Model for Spec {
     fn init_states(&self) -> Vec<State> {
         let keys = usize::from(self.keys);
         vec![State {
-            requesters: vec![
-                Requester {
+            requesters: (0..usize::from(self.requesters))
+                .map(|r| Requester {
+                    budget: self.budget(r),
                     issued: 0,
-                    step: Step::Idle
-                };
-                usize::from(self.requesters)
-            ],
+                    step: Step::Idle,
+                    memo: None,
+                    mark: 0,
+                    carried: 0,
+                })
+                .collect(),
             locks: vec![Lock::default(); keys],
             map: vec![None; keys],
             slots: Vec::new(),
@@ -813,25 +1171,66 @@ impl Model for Spec {
     }
 
     fn actions(&self, s: &State, actions: &mut Vec<Action>) {
+        let unlocked = |slot: Option<u8>| slot.map_or(true, |slot| !slot_locked(s, slot));
         for (r, q) in s.requesters.iter().enumerate() {
+            let ru = r;
             let r = r as u8;
             match q.step {
-                Step::Idle if q.issued < self.requests_each => {
+                Step::Idle if q.issued < q.budget => {
                     for key in 0..self.keys {
-                        // Taking the read lock waits for a writer.
-                        if self.protocol == Protocol::Go || !s.locks[usize::from(key)].writer {
+                        // Taking the read lock waits for a writer; the memo
+                        // path takes no lock.
+                        if self.protocol == Protocol::Go
+                            || memo_holds(s, ru, key)
+                            || !s.locks[usize::from(key)].writer
+                        {
                             actions.push(Action::Request { r, key });
                         }
                     }
                 }
                 Step::Idle => {}
-                Step::ReadLocked { .. } => actions.push(Action::FastPath { r }),
+                Step::ReadLocked { key } => {
+                    actions.push(Action::FastPath { r, remember: false });
+                    // Remembering is a choice only where the join succeeds.
+                    let live = s.map[usize::from(key)]
+                        .is_some_and(|slot| state::is_live(s.slots[usize::from(slot)].word));
+                    if self.marks && live {
+                        actions.push(Action::FastPath { r, remember: true });
+                    }
+                }
                 Step::NeedsWrite { key } => {
                     if s.locks[usize::from(key)].free() {
                         actions.push(Action::LockForWrite { r });
                     }
                 }
-                Step::WriteLocked { .. } => actions.push(Action::SlowPath { r }),
+                Step::WriteLocked { .. } => {
+                    actions.push(Action::SlowPath { r, remember: false });
+                    if self.marks {
+                        actions.push(Action::SlowPath { r, remember: true });
+                    }
+                }
+                Step::Remembering { slot } => {
+                    if unlocked(Some(slot)) && unlocked(q.memo) {
+                        actions.push(Action::Remember { r });
+                    }
+                }
+                Step::MemoOpen => actions.push(Action::SetMark { r }),
+                Step::Marked => actions.push(Action::ReadState { r }),
+                Step::TakingBack => {
+                    if unlocked(q.memo) {
+                        actions.push(Action::TakeBack { r });
+                    }
+                }
+                Step::Forgetting => {
+                    if unlocked(q.memo) {
+                        actions.push(Action::Forget { r });
+                    }
+                }
+                Step::ToMap { key } => {
+                    if !s.locks[usize::from(key)].writer {
+                        actions.push(Action::EnterMap { r });
+                    }
+                }
             }
         }
         for (i, runner) in s.runners.iter().enumerate() {
@@ -846,7 +1245,8 @@ impl Model for Spec {
                     }
                 }
                 Phase::Ended => actions.push(Action::GoIdle { i }),
-                Phase::Dying => actions.push(Action::Die { i }),
+                Phase::Dying if self.marks => actions.push(Action::Check { i }),
+                Phase::Dying | Phase::Checked => actions.push(Action::Die { i }),
                 Phase::Reviving => actions.push(Action::Revive { i }),
                 Phase::SawNothingPending => actions.push(Action::ClearRunning { i }),
                 Phase::WentIdle => {
@@ -882,7 +1282,7 @@ impl Model for Spec {
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        vec![
+        let mut properties = vec![
             Property::always("INV-1 at most one cycle of a key runs at a time", |_, s: &State| {
                 (0..s.map.len()).all(|k| {
                     s.runners
@@ -937,10 +1337,6 @@ impl Model for Spec {
             }),
             Property::sometimes("a request is coalesced", |_, s: &State| s.ghost.coalesced),
             Property::sometimes(
-                "a request during a panicking cycle gets its follow-up",
-                |_, s: &State| s.ghost.panic_follow_up,
-            ),
-            Property::sometimes(
                 "a request racing shutdown is accepted and drained",
                 |_, s: &State| s.ghost.accepted_while_closing && s.shutdown == Shutdown::Done,
             ),
@@ -954,7 +1350,37 @@ impl Model for Spec {
                 "a request replaces a dead slot before its runner removed it",
                 |_, s: &State| s.ghost.replaced_dead_slot,
             ),
-        ]
+        ];
+        if self.panics {
+            properties.push(Property::sometimes(
+                "a request during a panicking cycle gets its follow-up",
+                |_, s: &State| s.ghost.panic_follow_up,
+            ));
+        }
+        if self.marks {
+            properties.extend([
+                Property::sometimes("marks: a request is accepted through its mark", |_, s: &State| {
+                    s.ghost.marked
+                }),
+                Property::sometimes(
+                    "marks: a dying runner's check finds a mark and revives",
+                    |_, s: &State| s.ghost.found_by_check,
+                ),
+                Property::sometimes(
+                    "marks: a requester takes back a set mark and requests again",
+                    |_, s: &State| s.ghost.took_back,
+                ),
+                Property::sometimes(
+                    "marks: a requester finds its memo's slot dead and goes to the map",
+                    |_, s: &State| s.ghost.forgot_dead,
+                ),
+                Property::sometimes(
+                    "marks: a memo moves while its mark is set, and the request is made again",
+                    |_, s: &State| s.ghost.reasserted,
+                ),
+            ]);
+        }
+        properties
     }
 
     fn format_action(&self, action: &Action) -> String {
@@ -1025,12 +1451,17 @@ impl fmt::Display for Run {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "spec {:?} ({} keys, {} requesters x {} requests, panics: {}, shutdown: {}): \
+            "spec {:?}{} ({} keys, {} requesters x {} requests{}, panics: {}, shutdown: {}): \
              {} distinct states ({} generated), max depth {}, {:.1} s",
             self.spec.protocol,
+            if self.spec.marks { " with marks" } else { "" },
             self.spec.keys,
             self.spec.requesters,
             self.spec.requests_each,
+            match self.spec.others_make {
+                Some(n) if self.spec.requesters > 1 => format!(" (all but the first: {n})"),
+                _ => String::new(),
+            },
             self.spec.panics,
             self.spec.shutdown && self.spec.protocol == Protocol::Coalescer,
             self.states,
@@ -1169,21 +1600,80 @@ fn describe(spec: &Spec, before: &State, action: Action, after: &State) -> Strin
                 fate(r)
             )
         }
+        Action::Request { r, key } if memo_holds(before, usize::from(r), key) => format!(
+            "requester {r} requests key {key} through its memo: `closed` is {}; {}",
+            before.closed,
+            fate(r)
+        ),
         Action::Request { r, key } => format!(
             "requester {r} requests key {key}: read lock, `closed` is {}; {}",
             before.closed,
             fate(r)
         ),
-        Action::FastPath { r } => {
+        Action::Remember { r } => {
+            let q = before.requesters[usize::from(r)];
+            let old = match q.memo {
+                Some(slot) if q.mark != 0 => format!(
+                    "unregisters its set mark from its old memo and requests there again: {} → {}; ",
+                    word(before, slot),
+                    word(after, slot)
+                ),
+                Some(_) => "unregisters its mark from its old memo; ".to_owned(),
+                None => String::new(),
+            };
+            format!("requester {r} {old}registers its mark with the slot it joined")
+        }
+        Action::SetMark { r } => format!("requester {r} sets its mark (swap)"),
+        Action::ReadState { r } => {
+            let slot = before.requesters[usize::from(r)].memo.unwrap_or(0);
+            format!(
+                "requester {r} reads its memo's slot: {}; {}",
+                word(before, slot),
+                fate(r)
+            )
+        }
+        Action::TakeBack { r } => {
+            let slot = before.requesters[usize::from(r)].memo.unwrap_or(0);
+            if before.requesters[usize::from(r)].mark == 0 {
+                format!(
+                    "requester {r} takes its mark back under the slot lock: already consumed; {}",
+                    fate(r)
+                )
+            } else {
+                format!(
+                    "requester {r} takes its mark back under the slot lock: still set, \
+                     fetch_or(PENDING): {} → {}; {}",
+                    word(before, slot),
+                    word(after, slot),
+                    if after.requesters[usize::from(r)].step == Step::Idle {
+                        fate(r)
+                    } else {
+                        "dead, forgets the memo".to_owned()
+                    }
+                )
+            }
+        }
+        Action::Forget { r } => format!("requester {r} unregisters its mark from the dead slot"),
+        Action::EnterMap { r } => format!(
+            "requester {r} goes to the map: read lock, `closed` is {}; {}",
+            before.closed,
+            fate(r)
+        ),
+        Action::Check { i } => match after.runners[usize::from(i)].phase {
+            Phase::Checked => format!("runner {i} checks the marks under the slot lock: none set"),
+            _ => format!("runner {i} checks the marks under the slot lock: consumes a set mark, will revive"),
+        },
+        Action::FastPath { r, remember } => {
             let Step::ReadLocked { key } = before.requesters[usize::from(r)].step else {
                 return format!("{action:?}");
             };
             match after.map[usize::from(key)] {
                 Some(slot) => format!(
-                    "requester {r}: fetch_or(PENDING) on key {key}'s slot: {} → {}; {}",
+                    "requester {r}: fetch_or(PENDING) on key {key}'s slot: {} → {}; {}{}",
                     word(before, slot),
                     word(after, slot),
-                    fate(r)
+                    fate(r),
+                    if remember { "; will remember the slot" } else { "" }
                 ),
                 None => format!("requester {r}: no slot for key {key}; goes to the slow path"),
             }
@@ -1193,7 +1683,7 @@ fn describe(spec: &Spec, before: &State, action: Action, after: &State) -> Strin
             before.closed,
             fate(r)
         ),
-        Action::SlowPath { r } => {
+        Action::SlowPath { r, .. } => {
             let started = after.runners.len() > before.runners.len();
             if started {
                 format!(
