@@ -7,15 +7,17 @@
 //! registered with the slot: it sets its mark, then reads the state word.
 //! The runner consumes every mark when it begins a cycle, and checks them
 //! once more while going idle, between announcing `DYING` and killing the
-//! slot. Two `SeqCst` fences order the two sides (the store-buffering
-//! pattern): if the requester's read misses `DYING`, the runner's check sees
-//! the mark; if the check misses the mark, the requester sees `DYING` or a
-//! dead slot and takes its mark back before the runner could consume it, or
-//! finds it consumed — in which case the runner revived the slot for it.
+//! slot. Every write to a mark is an `AcqRel` swap, by the requester or the
+//! runner, so on each mark the two sides' swaps are totally ordered and
+//! each reads the one before it: if the runner's check comes first, the
+//! requester's swap reads the check's write and so sees `DYING`; if the
+//! requester's swap comes first, the check sees the mark. No fence is
+//! needed. A requester that sees `DYING` or a dead slot takes its mark back
+//! under the slot's lock, which the runner holds from its check to `die`.
 
 use crate::completion::Completion;
 use crate::state::{self, Requested};
-use crate::sync::{fence, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, Padded};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, Padded};
 
 /// The per-key slot. Exists only while the key is active (INV-6).
 #[derive(Debug)]
@@ -133,38 +135,70 @@ impl Slot {
     /// this slot's runner. `false`: the slot is dead; nothing was recorded.
     #[inline]
     pub(crate) fn request_marked(&self, mark: &Mark) -> bool {
-        // ORDERING: Release pairs with the Acquire swap in `consume` (by
-        // `begin` or `go_idle`) that reads it: this thread's writes
-        // happen-before the cycle that covers the request (INV-4). Only this
-        // thread sets the mark, so the latest set carries them all.
-        // A swap, not a store: every write to a mark is then an RMW, which
-        // loom models exactly. With a plain store here, loom lets the store
-        // fall between the read and the write of the runner's swap (its
-        // open issue tokio-rs/loom#254) and reports a lost mark that the
-        // memory model forbids.
-        let _ = mark.0 .0.swap(true, Ordering::Release);
-        // ORDERING: SeqCst fence pairs with the one in `go_idle` between the
-        // `dying` exchange and the mark check (store buffering): either this
-        // read sees `DYING` (or later), or that check sees the mark (INV-2).
-        fence(Ordering::SeqCst);
-        // ORDERING: Relaxed: ordered by the fence above. A covered request
-        // needs nothing from the runner; one that finds the slot dying or
-        // dead is ordered below, by `request`'s Acquire RMW.
+        // ORDERING: AcqRel, paired both ways with the AcqRel swap in
+        // `consume` (by `begin` or `go_idle`), the only other write to the
+        // mark.
+        // Release pairs with the Acquire half of the `consume` that reads
+        // this `true`: this thread's writes happen-before the cycle that
+        // covers the request (INV-4).
+        // Acquire pairs with the Release half of the `consume` whose `false`
+        // this swap reads (or that heads the release sequence it reads: all
+        // writes to a mark are RMWs). So if the dying runner's check swapped
+        // the mark before this swap, its `dying` exchange happens-before the
+        // read below, which sees `DYING` or later; if after, the check reads
+        // this `true`. One of the two, as the swaps are totally ordered: the
+        // request is never missed by both (INV-2).
+        // A swap, not a store, is what decides that race without a `SeqCst`
+        // fence on each side. (Loom would also misjudge a plain store racing
+        // the runner's swap: tokio-rs/loom#254.)
+        let _ = mark.0 .0.swap(true, Ordering::AcqRel);
+        // ORDERING: Relaxed: ordered by the swap's Acquire above. A covered
+        // request needs no data from the runner; one that finds the slot
+        // dying or dead is ordered by `request`'s AcqRel RMW in `take_back`.
         if state::accepts_marks(self.state.load(Ordering::Relaxed)) {
             return true;
         }
-        // Dying or dead: the runner may have checked before the mark landed.
-        // Take it back. If the runner took it first, the runner revived the
-        // slot (or began a cycle after the mark): covered.
-        // ORDERING: Relaxed: this swap and the runner's are RMWs on one
-        // location, so exactly one of them reads `true`; what follows is
-        // ordered by `request`'s own AcqRel.
-        if !mark.0 .0.swap(false, Ordering::Relaxed) {
-            return true;
-        }
-        // A plain request now: coalesced if the slot is still live (dying
-        // included: its `PENDING` makes `die` fail), else dead.
-        matches!(self.request(), Requested::Coalesced { .. })
+        self.take_back(mark)
+    }
+
+    /// The slow end of [`request_marked`](Self::request_marked): the slot was
+    /// dying or dead, so the runner may have checked the marks before this
+    /// one was set. Takes the mark back under the slot's lock and, if it was
+    /// still set, makes the request again as a plain `request`. `true` if the
+    /// request is covered.
+    ///
+    /// The lock is what keeps the requests in the mark safe. The mark may
+    /// also hold this thread's *earlier* marked requests, already accepted:
+    /// their reads saw the slot live, so the runner's check sees their mark
+    /// — unless it is taken back first. The runner holds the lock from its
+    /// check to `die`, so under it either the runner has not checked yet —
+    /// the plain request lands on a live or dying slot, and `die` fails —
+    /// or the check has come and gone, consuming every earlier request's
+    /// mark, and what is taken back is this request's alone. Without the
+    /// lock the check could fall between the take-back and the plain
+    /// request, the slot die, and this request then be rejected (a
+    /// shutdown) with an accepted request inside it (found by the spec).
+    #[cold]
+    fn take_back(&self, mark: &Mark) -> bool {
+        let next = lock(&self.next);
+        let covered = self.reassert(&next, mark);
+        drop(next);
+        covered
+    }
+
+    /// With the slot's lock held (`_held`): takes `mark` back; if it was
+    /// still set, makes its request again as a plain `request`. `true` if
+    /// the request is covered: the runner had consumed the mark, or the
+    /// plain request found the slot live (dying included: its `PENDING`
+    /// makes `die` fail).
+    fn reassert(&self, _held: &Next, mark: &Mark) -> bool {
+        // ORDERING: Relaxed: only this mark's thread sets it, and the runner,
+        // which also clears it, does so under the lock we hold. A request
+        // that reads `false` here was consumed by an Acquire swap that read
+        // its `true` (INV-4); one that reads `true` is ordered by `request`'s
+        // AcqRel.
+        !mark.0 .0.swap(false, Ordering::Relaxed)
+            || matches!(self.request(), Requested::Coalesced { .. })
     }
 
     /// Registers `mark`: from now on this slot's runner consumes it.
@@ -178,14 +212,11 @@ impl Slot {
     /// between the two.
     pub(crate) fn unwatch(&self, mark: &Arc<Mark>) {
         let mut next = lock(&self.next);
-        // ORDERING: Relaxed: only this thread stores `true` here, and the
-        // runner, which also clears it, checks under the lock we hold.
-        if mark.0 .0.swap(false, Ordering::Relaxed) {
-            // Accepted while the slot was live, so the slot is live now (the
-            // runner kills it only after consuming every mark) — unless it
-            // was abandoned, whose requests are lost with their runtime.
-            let _ = self.request();
-        }
+        // A mark still set was set by requests accepted while the slot was
+        // live, so the slot is live now (the runner kills it only after
+        // consuming every mark, under this lock) — unless it was abandoned,
+        // whose requests are lost with their runtime.
+        let _ = self.reassert(&next, mark);
         next.marks.retain(|m| !Arc::ptr_eq(m, mark));
     }
 
@@ -219,9 +250,11 @@ impl Slot {
     /// `false` means a request is pending and the runner must `begin` again.
     pub(crate) fn go_idle(&self, begun: &Begun) -> bool {
         let (from, dying) = state::dying(begun.after);
-        // ORDERING: Relaxed both ways. Success is ordered by the fence below.
-        // Failure: a request set `PENDING`; the runner goes on to `begin`,
-        // whose Acquire RMW synchronizes with that request.
+        // ORDERING: Relaxed both ways. Success is published to marking
+        // requesters by the Release half of the check's swaps below
+        // (`consume`), which are sequenced after it. Failure: a request set
+        // `PENDING`; the runner goes on to `begin`, whose Acquire RMW
+        // synchronizes with that request.
         if self
             .state
             .compare_exchange(from, dying, Ordering::Relaxed, Ordering::Relaxed)
@@ -229,10 +262,9 @@ impl Slot {
         {
             return false;
         }
-        // ORDERING: SeqCst fence pairs with the one in `request_marked`
-        // (store buffering): either the check below sees a request's mark,
-        // or that request's read sees `DYING` and it takes its mark back.
-        fence(Ordering::SeqCst);
+        // The check: either it sees a request's mark, or that request's swap
+        // comes after it and the request sees `DYING` (`request_marked`).
+        // Held until `die`, so a take-back cannot fall in between.
         let next = lock(&self.next);
         if !consume(&next.marks) {
             let (from, dead) = state::die(dying);
@@ -287,10 +319,16 @@ fn consume(marks: &[Arc<Mark>]) -> bool {
     // Every mark is cleared, not just the first set one: one cycle covers
     // them all (INV-7).
     marks.iter().fold(false, |any, mark| {
-        // ORDERING: Acquire pairs with the Release swap in `request_marked`
-        // that set it: the marking thread's writes happen-before the cycle
-        // that covers its request (INV-4).
-        mark.0 .0.swap(false, Ordering::Acquire) | any
+        // ORDERING: AcqRel, paired both ways with the AcqRel swap in
+        // `request_marked`.
+        // Acquire pairs with its Release half when this reads its `true`: the
+        // marking thread's writes happen-before the cycle that covers its
+        // request (INV-4).
+        // Release pairs with its Acquire half when it comes after this swap:
+        // everything this runner did before — in `go_idle`, the `dying`
+        // exchange — happens-before that request's read of the state word,
+        // which therefore sees `DYING` (INV-2).
+        mark.0 .0.swap(false, Ordering::AcqRel) | any
     })
 }
 

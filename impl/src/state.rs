@@ -35,8 +35,9 @@
 //! (`slot.rs`): a thread that requests the same key again and again writes a
 //! mark of its own instead of this shared word, then reads the word. The
 //! runner announces `D` before it checks the marks, and a marking request
-//! that sees `D` (or a dead slot) takes its mark back; the `SeqCst` fences on
-//! both sides make sure at least one of them sees the other (INV-2).
+//! that sees `D` (or a dead slot) takes its mark back; because both sides
+//! write the mark with `AcqRel` swaps, at least one of them sees the other
+//! (INV-2).
 //!
 //! Only the runner clears `PENDING` (in `begin`) and only the runner clears
 //! `RUNNING` and `DYING`, so `begin` can be a blind `fetch_add`: when the
@@ -91,7 +92,7 @@ pub(crate) const fn is_dying(s: u64) -> bool {
     s & DYING != 0
 }
 
-/// Whether a marking request that reads `s` (after its mark and fence) is
+/// Whether a marking request that reads `s` (after setting its mark) is
 /// covered: the slot is live and its runner has not begun to go idle, so
 /// the runner will read the mark before the slot can die.
 #[inline]

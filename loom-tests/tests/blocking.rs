@@ -502,3 +502,64 @@ fn inv2_inv4_a_mark_unregistered_before_its_runner_saw_it_is_not_lost_bounded() 
         },
     );
 }
+
+/// Two marked requests from one thread race the runner going idle and a
+/// `shutdown`: the first is accepted through the mark while cycle 1 runs;
+/// the second finds the slot dying and takes the mark back — with the
+/// first request's mark in it. Taking it back under the slot's lock keeps
+/// the runner from checking in between: either the plain request lands on
+/// the dying slot (it revives), or the runner had already checked and
+/// consumed the first request's mark. The first request is covered either
+/// way, whatever happens to the second (INV-2, INV-5). Found by the spec's
+/// check with marks; before the fix, the runner could check between the
+/// take-back and the plain request, die, and the second request then be
+/// rejected by the shutdown: the first was accepted and never run.
+///
+/// BOUND: preemption bound 5 (`BOUND`). Reason: three threads (requester,
+/// runner, shutdown) and three gates; the exhaustive run had not finished
+/// after EXH minutes. With at most 5 preemptions per execution it explores
+/// ITERS iterations in about SECS s (LOWER). The race needs two
+/// preemptions: the requester between its take-back and its plain request,
+/// and the shutdown between the requester's two reads of `closed`.
+#[test]
+fn inv2_inv5_a_mark_taken_back_with_an_accepted_request_in_it_is_not_lost_bounded() {
+    const BOUND: usize = 5;
+    check_bounded("mark_taken_back_racing_idle_and_shutdown", BOUND, || {
+        let env = Env::new(2);
+        let gates: [Arc<Gate>; 4] = std::array::from_fn(|_| Arc::new(Gate::default()));
+        let g = gates.clone();
+        // Cycle 0 opens gate 0 and waits for gate 1; cycle 1 opens gate 2
+        // (it has begun: the marks are consumed) and waits for gate 3.
+        let c = Arc::new(coalescer(&env, move |n, _| match n {
+            0 => {
+                g[0].open();
+                g[1].wait();
+            }
+            1 => {
+                g[2].open();
+                g[3].wait();
+            }
+            _ => {}
+        }));
+        remember_key_0(&c, &env, &gates[0]);
+        gates[1].open();
+        gates[2].wait();
+        // Cycle 1 runs: accepted now, this request is covered only through
+        // the mark it leaves set.
+        env.write(1);
+        assert_eq!(c.request(0), Ok(Admission::Coalesced));
+        gates[3].open();
+        let shutdown = {
+            let c = Arc::clone(&c);
+            thread::spawn(move || c.shutdown())
+        };
+        let _ = c.request(0);
+        shutdown.join().unwrap();
+        // Request 1 was accepted: a cycle that saw its write ran before
+        // `shutdown` returned.
+        env.assert_last_cycle_saw(&[0, 1]);
+        drop(c);
+        assert_eq!(Arc::strong_count(&env), 1);
+        env.done();
+    });
+}
