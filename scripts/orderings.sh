@@ -26,10 +26,10 @@ request-acqrel-release|impl/src/slot.rs|fetch_or(state::PENDING, Ordering::AcqRe
 begin-acquire-relaxed|impl/src/slot.rs|fetch_add(state::BEGIN_DELTA, Ordering::Acquire)|fetch_add(state::BEGIN_DELTA, Ordering::Relaxed)
 die-release-relaxed|impl/src/slot.rs|compare_exchange(from, dead, Ordering::Release, Ordering::Relaxed)|compare_exchange(from, dead, Ordering::Relaxed, Ordering::Relaxed)
 abandon-release-relaxed|impl/src/slot.rs|fetch_and(!state::WATCHED, Ordering::Release)|fetch_and(!state::WATCHED, Ordering::Relaxed)
-mark-release-relaxed|impl/src/slot.rs|mark.0 .0.swap(true, Ordering::Release)|mark.0 .0.swap(true, Ordering::Relaxed)
-consume-acquire-relaxed|impl/src/slot.rs|mark.0 .0.swap(false, Ordering::Acquire)|mark.0 .0.swap(false, Ordering::Relaxed)
-request-marked-fence-seqcst-acqrel|impl/src/slot.rs|or that check sees the mark (INV-2).\n        fence(Ordering::SeqCst);|or that check sees the mark (INV-2).\n        fence(Ordering::AcqRel);
-go-idle-fence-seqcst-acqrel|impl/src/slot.rs|it takes its mark back.\n        fence(Ordering::SeqCst);|it takes its mark back.\n        fence(Ordering::AcqRel);
+mark-acqrel-release|impl/src/slot.rs|mark.0 .0.swap(true, Ordering::AcqRel)|mark.0 .0.swap(true, Ordering::Release)
+mark-acqrel-acquire|impl/src/slot.rs|mark.0 .0.swap(true, Ordering::AcqRel)|mark.0 .0.swap(true, Ordering::Acquire)
+consume-acqrel-acquire|impl/src/slot.rs|mark.0 .0.swap(false, Ordering::AcqRel)|mark.0 .0.swap(false, Ordering::Acquire)
+consume-acqrel-release|impl/src/slot.rs|mark.0 .0.swap(false, Ordering::AcqRel)|mark.0 .0.swap(false, Ordering::Release)
 is-closed-acquire-relaxed|impl/src/registry.rs|self.closed.load(Ordering::Acquire)|self.closed.load(Ordering::Relaxed)
 close-release-relaxed|impl/src/registry.rs|// holding a shard lock; any lock taken after it sees the flag.\n        self.closed.store(true, Ordering::Release);|// holding a shard lock; any lock taken after it sees the flag.\n        self.closed.store(true, Ordering::Relaxed);
 mark-closed-release-relaxed|impl/src/registry.rs|// ORDERING: Release pairs with the Acquire load in `is_closed`.\n        self.closed.store(true, Ordering::Release);|// ORDERING: Release pairs with the Acquire load in `is_closed`.\n        self.closed.store(true, Ordering::Relaxed);
