@@ -366,13 +366,13 @@ fn gated(env: &Arc<Env>) -> (Arc<Blocking>, Arc<Gate>, Arc<Gate>) {
 }
 
 /// D1 for marked requests: a request through this thread's mark races the
-/// runner's follow-up cycle and its transition to idle (`DYING`, the fence,
-/// the mark check, `die`). It is either covered by that runner (its mark seen
+/// runner's follow-up cycle and its transition to idle (`DYING`, the mark
+/// check, `die`). It is either covered by that runner (its mark seen
 /// at `begin` or while dying, which revives the slot) or finds the slot
 /// dying or dead, takes its mark back and goes on as a plain request — never
-/// stranded. This is the store-buffering race the two `SeqCst` fences
-/// decide (INV-2), and the mark's Release/Acquire pair carries the
-/// requester's write to the covering cycle (INV-4).
+/// stranded. This is the store-buffering race that the two sides' `AcqRel`
+/// swaps of the mark decide (INV-2), and their Release/Acquire pairing also
+/// carries the requester's write to the covering cycle (INV-4).
 #[test]
 fn inv1_inv2_inv4_marked_request_racing_the_transition_to_idle_is_never_stranded() {
     check("marked_request_racing_the_transition_to_idle", || {
@@ -400,8 +400,9 @@ fn inv1_inv2_inv4_marked_request_racing_the_transition_to_idle_is_never_stranded
 ///
 /// BOUND: preemption bound 5 (`BOUND`). Reason: three threads (requester,
 /// shutdown, runner) and two gates; the exhaustive run had not finished after
-/// 12 minutes. With at most 5 preemptions per execution it explores 275 953
-/// iterations in about 65 s (bound 4: 54 500; bound 3: 8 169). The race it
+/// 12 minutes. With at most 5 preemptions per execution it explores 315 604
+/// iterations in about 78 s (bound 4: 60 615; bound 3: 8 826; before the
+/// take-back took the slot's lock: 275 953, 54 500, 8 169). The race it
 /// adds to the unbounded models — the memo path reads `closed` without a
 /// shard lock — needs one preemption; the marked request against the idle
 /// transition is covered without a bound by
@@ -516,11 +517,12 @@ fn inv2_inv4_a_mark_unregistered_before_its_runner_saw_it_is_not_lost_bounded() 
 /// rejected by the shutdown: the first was accepted and never run.
 ///
 /// BOUND: preemption bound 5 (`BOUND`). Reason: three threads (requester,
-/// runner, shutdown) and three gates; the exhaustive run had not finished
-/// after EXH minutes. With at most 5 preemptions per execution it explores
-/// ITERS iterations in about SECS s (LOWER). The race needs two
-/// preemptions: the requester between its take-back and its plain request,
-/// and the shutdown between the requester's two reads of `closed`.
+/// runner, shutdown) and four gates; the exhaustive run had not finished
+/// after 5.5 minutes. With at most 5 preemptions per execution it explores
+/// 313 583 iterations in about 40–80 s (bound 4: 55 458; bound 3: 7 387).
+/// The old code fails it within the first executions (0.05 s): the race
+/// needs the requester preempted between its take-back and its plain
+/// request, and the shutdown to fall between its two reads of `closed`.
 #[test]
 fn inv2_inv5_a_mark_taken_back_with_an_accepted_request_in_it_is_not_lost_bounded() {
     const BOUND: usize = 5;
