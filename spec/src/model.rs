@@ -1359,9 +1359,10 @@ impl Model for Spec {
         }
         if self.marks {
             properties.extend([
-                Property::sometimes("marks: a request is accepted through its mark", |_, s: &State| {
-                    s.ghost.marked
-                }),
+                Property::sometimes(
+                    "marks: a request is accepted through its mark",
+                    |_, s: &State| s.ghost.marked,
+                ),
                 Property::sometimes(
                     "marks: a dying runner's check finds a mark and revives",
                     |_, s: &State| s.ghost.found_by_check,
@@ -1661,7 +1662,9 @@ fn describe(spec: &Spec, before: &State, action: Action, after: &State) -> Strin
         ),
         Action::Check { i } => match after.runners[usize::from(i)].phase {
             Phase::Checked => format!("runner {i} checks the marks under the slot lock: none set"),
-            _ => format!("runner {i} checks the marks under the slot lock: consumes a set mark, will revive"),
+            _ => format!(
+                "runner {i} checks the marks under the slot lock: consumes a set mark, will revive"
+            ),
         },
         Action::FastPath { r, remember } => {
             let Step::ReadLocked { key } = before.requesters[usize::from(r)].step else {
@@ -1673,7 +1676,11 @@ fn describe(spec: &Spec, before: &State, action: Action, after: &State) -> Strin
                     word(before, slot),
                     word(after, slot),
                     fate(r),
-                    if remember { "; will remember the slot" } else { "" }
+                    if remember {
+                        "; will remember the slot"
+                    } else {
+                        ""
+                    }
                 ),
                 None => format!("requester {r}: no slot for key {key}; goes to the slow path"),
             }
