@@ -547,6 +547,17 @@ fn reject(s: &mut State, id: usize, r: usize) {
     s.ghost.rejected = true;
 }
 
+/// Requester `r`'s request `id` enters the map: it takes `key`'s shard read
+/// lock and reads `closed` under it (rejected if set).
+fn enter_map(s: &mut State, id: usize, r: usize, key: u8) {
+    if s.closed {
+        reject(s, id, r);
+    } else {
+        s.locks[usize::from(key)].readers += 1;
+        s.requesters[r].step = Step::ReadLocked { key };
+    }
+}
+
 /// Consumes every mark registered with `slot`: the requests they carry.
 fn consume(s: &mut State, slot: u8) -> u16 {
     s.requesters
@@ -824,13 +835,7 @@ impl Spec {
                     }
                     return Some(s);
                 }
-                // Under the read lock: `closed` first.
-                if s.closed {
-                    reject(&mut s, id, ru);
-                } else {
-                    s.locks[usize::from(key)].readers += 1;
-                    s.requesters[ru].step = Step::ReadLocked { key };
-                }
+                enter_map(&mut s, id, ru, key);
             }
             (Protocol::Coalescer, Action::FastPath { r, remember }) => {
                 let ru = usize::from(r);
@@ -919,12 +924,7 @@ impl Spec {
                     return None;
                 };
                 let id = self.current(&s, r);
-                if s.closed {
-                    reject(&mut s, id, ru);
-                } else {
-                    s.locks[usize::from(key)].readers += 1;
-                    s.requesters[ru].step = Step::ReadLocked { key };
-                }
+                enter_map(&mut s, id, ru, key);
             }
             (Protocol::Coalescer, Action::LockForWrite { r }) => {
                 let ru = usize::from(r);

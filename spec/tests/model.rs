@@ -3,7 +3,26 @@
 //! build).
 #![cfg(not(loom))]
 
-use coalescer_spec::model::{run, Spec};
+use coalescer_spec::model::{run, Run, Spec};
+
+/// `run` found no counterexample, reached every non-vacuity example, and was
+/// exhaustive, not cut short: far more states than any path is long.
+fn assert_holds(run: &Run, what: &str) {
+    assert!(
+        run.counterexamples.is_empty(),
+        "{what} violates an invariant:\n{run}"
+    );
+    assert!(
+        run.unreached.is_empty(),
+        "the model is vacuous in part: {:?} never happens",
+        run.unreached
+    );
+    assert!(
+        run.states > 1_000_000,
+        "only {} states explored",
+        run.states
+    );
+}
 
 /// Every invariant holds in every reachable state of the coalescer's
 /// protocol at the spec's bounds, and every non-vacuity example is reached.
@@ -11,21 +30,7 @@ use coalescer_spec::model::{run, Spec};
 fn the_coalescer_protocol_holds_every_invariant_in_every_state() {
     let run = run(Spec::coalescer());
     eprint!("{run}");
-    assert!(
-        run.counterexamples.is_empty(),
-        "the coalescer's protocol violates an invariant:\n{run}"
-    );
-    assert!(
-        run.unreached.is_empty(),
-        "the model is vacuous in part: {:?} never happens",
-        run.unreached
-    );
-    // Exhaustive, not cut short: far more states than any path is long.
-    assert!(
-        run.states > 1_000_000,
-        "only {} states explored",
-        run.states
-    );
+    assert_holds(&run, "the coalescer's protocol");
 }
 
 /// The same with memos and marks (`Spec::marks`, smaller bounds): every
@@ -39,20 +44,7 @@ fn the_coalescer_protocol_holds_every_invariant_in_every_state() {
 fn the_protocol_with_memos_and_marks_holds_every_invariant_in_every_state() {
     let run = run(Spec::marks());
     eprint!("{run}");
-    assert!(
-        run.counterexamples.is_empty(),
-        "the protocol with marks violates an invariant:\n{run}"
-    );
-    assert!(
-        run.unreached.is_empty(),
-        "the model is vacuous in part: {:?} never happens",
-        run.unreached
-    );
-    assert!(
-        run.states > 1_000_000,
-        "only {} states explored",
-        run.states
-    );
+    assert_holds(&run, "the protocol with marks");
 }
 
 /// The Go algorithm, at the same bounds: the checker finds its lost wakeup
