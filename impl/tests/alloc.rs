@@ -11,47 +11,18 @@
 //! coalescer, never per request.
 #![cfg(not(loom))]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::channel;
 use std::sync::Mutex;
 
-struct Counting;
+use coalescer_fixtures::CountingAllocator;
 
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-std::thread_local! {
-    /// Set on the requesting thread while it measures.
-    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator::new();
 
 /// Counts the allocations `f` makes on this thread.
 fn allocations_of(f: impl FnOnce()) -> u64 {
-    let before = ALLOCS.load(Relaxed);
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCS.load(Relaxed) - before
+    ALLOCATOR.allocations_on_this_thread(f)
 }
-
-// SAFETY: forwards every call to `System` unchanged, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCS.fetch_add(1, Relaxed);
-        }
-        // SAFETY: the caller upholds `alloc`'s contract; passed through.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` with this `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 /// A blocking coalescer whose cycles announce themselves on the returned
 /// receiver and then block until the returned sender is dropped.

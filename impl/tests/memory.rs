@@ -4,45 +4,11 @@
 //! so nothing else allocates meanwhile.
 #![cfg(not(loom))]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
-
 use coalescer::Coalescer;
-
-/// The system allocator, counting live bytes.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards every call to `System` unchanged, only counting sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller upholds `alloc`'s contract; passed through.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` with this `layout`; passed through.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: the caller upholds `realloc`'s contract; passed through.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
-        }
-        p
-    }
-}
+use coalescer_fixtures::CountingAllocator;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator::new();
 
 const KEYS: u64 = 1_000_000;
 
@@ -78,7 +44,7 @@ fn a_million_distinct_keys_leave_the_heap_where_it_was() {
         drop(warm);
         let c = Coalescer::new(|_key: u64| async {});
         quiescent(&c).await;
-        let baseline = LIVE.load(Relaxed);
+        let baseline = ALLOCATOR.live_bytes();
         let mut peak_active = 0;
         for key in 0..KEYS {
             c.request(key).unwrap();
@@ -88,7 +54,7 @@ fn a_million_distinct_keys_leave_the_heap_where_it_was() {
             }
         }
         quiescent(&c).await;
-        let after = LIVE.load(Relaxed);
+        let after = ALLOCATOR.live_bytes();
         let growth = after - baseline;
         eprintln!(
             "memory: baseline {baseline} B, after {KEYS} keys {after} B ({growth:+} B, \

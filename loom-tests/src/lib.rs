@@ -1,124 +1,27 @@
 //! Helpers for the loom suite in `tests/`; see `docs/invariants.md`.
 //!
 //! The suite exists only under `--cfg loom`; at the workspace root run
-//! `RUSTFLAGS="--cfg loom" cargo test --release`. Every model is exhaustive:
-//! `check` clears loom's preemption bound even if `LOOM_MAX_PREEMPTIONS` is
-//! set, and prints each model's iteration count and time.
-//!
-//! One exception, for mutation testing only (`scripts/mutants.sh`):
-//! `COALESCER_LOOM_SCREEN=N` caps every model at preemption bound `N`, so a
-//! wrong mutant is found in seconds. A screened run is not a proof; every
-//! model line it prints says `SCREENING`, and CI never sets the variable.
+//! `RUSTFLAGS="--cfg loom" cargo test --release`. Every model is exhaustive
+//! unless its doc comment gives a bound (the model runner, shared with the
+//! slot models inside the crate, is `coalescer_fixtures::loom_model`).
 #![cfg(loom)]
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::AtomicUsize as StdAtomicUsize;
-use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use coalescer::blocking::{Builder, Coalescer};
 use coalescer::{Admission, Closed, RunError};
+pub use coalescer_fixtures::loom_model::{check, check_bounded};
+pub use coalescer_fixtures::{Gate, INJECTED};
 use coalescer_spec::{Event, Recorder};
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use loom::sync::{Arc, Condvar, Mutex};
-
-/// The payload of every panic a model injects into a cycle.
-pub const INJECTED: &str = "injected cycle panic";
+use loom::sync::Arc;
 
 /// A deterministic hasher: loom needs every execution of a model to make the
 /// same choices, and `RandomState` would not.
 pub type Fixed = BuildHasherDefault<DefaultHasher>;
-
-/// Runs `model` under loom, exhaustively, and prints its iteration count and
-/// time as `loom model NAME: N iterations in T s (exhaustive)`.
-pub fn check(name: &str, model: impl Fn() + Sync + Send + 'static) {
-    run(name, None, model);
-}
-
-/// Runs `model` under loom with at most `preemptions` preemptions per
-/// execution. Only for models whose exhaustive run does not fit the suite's
-/// time budget; the caller's doc comment must give the bound, the reason and
-/// the iteration count.
-pub fn check_bounded(name: &str, preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
-    run(name, Some(preemptions), model);
-}
-
-/// The screening bound from `COALESCER_LOOM_SCREEN`, if set. A value that is
-/// not a number is refused loudly rather than silently ignored: a typo must
-/// not turn a screened run into a (slow) exhaustive one or the other way round.
-fn screening_bound() -> Option<usize> {
-    let value = std::env::var("COALESCER_LOOM_SCREEN").ok()?;
-    match value.trim().parse() {
-        Ok(bound) => Some(bound),
-        Err(_) => {
-            panic!("COALESCER_LOOM_SCREEN must be a preemption bound (a number), got {value:?}")
-        }
-    }
-}
-
-fn run(name: &str, bound: Option<usize>, model: impl Fn() + Sync + Send + 'static) {
-    quiet_injected_panics();
-    let screening = screening_bound();
-    // The tighter of the model's own bound and the screening bound, if any.
-    let bound = [bound, screening].into_iter().flatten().min();
-    let iterations = std::sync::Arc::new(StdAtomicUsize::new(0));
-    let counter = std::sync::Arc::clone(&iterations);
-    let mut builder = loom::model::Builder::new();
-    // Whatever the environment says (LOOM_MAX_PREEMPTIONS), the bound is ours.
-    builder.preemption_bound = bound;
-    let started = Instant::now();
-    builder.check(move || {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        model();
-    });
-    let mut bound = bound.map_or("exhaustive".to_owned(), |b| format!("preemption bound {b}"));
-    if screening.is_some() {
-        bound.push_str("; SCREENING, not a proof");
-    }
-    eprintln!(
-        "loom model {name}: {} iterations in {:.2} s ({bound})",
-        iterations.load(std::sync::atomic::Ordering::Relaxed),
-        started.elapsed().as_secs_f64()
-    );
-}
-
-/// Keeps the std panic hook from printing the panics models inject on
-/// purpose; every other panic (a failed assertion) is printed as usual.
-fn quiet_injected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<&str>() != Some(&INJECTED) {
-                previous(info);
-            }
-        }));
-    });
-}
-
-/// A one-shot gate a cycle can block on until another thread opens it.
-#[derive(Debug, Default)]
-pub struct Gate {
-    open: Mutex<bool>,
-    opened: Condvar,
-}
-
-impl Gate {
-    /// Opens the gate, releasing every current and future `wait`.
-    pub fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.opened.notify_all();
-    }
-
-    /// Blocks until the gate is open.
-    pub fn wait(&self) {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.opened.wait(open).unwrap();
-        }
-    }
-}
 
 /// What a model's cycles observe, and the requesters' published writes.
 ///

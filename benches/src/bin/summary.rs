@@ -16,46 +16,18 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(not(loom))]
 mod summary {
-    use std::alloc::{GlobalAlloc, Layout, System};
     use std::path::{Path, PathBuf};
     use std::process::ExitCode;
-    use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed};
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use coalescer::Coalescer;
     use coalescer_benches::{u64_keys, Held};
-
-    struct Counting;
-
-    static LIVE: AtomicIsize = AtomicIsize::new(0);
-    static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-    // SAFETY: forwards every call to `System` unchanged, only counting.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            ALLOCS.fetch_add(1, Relaxed);
-            LIVE.fetch_add(layout.size() as isize, Relaxed);
-            // SAFETY: the caller upholds `alloc`'s contract; passed through.
-            unsafe { System.alloc(layout) }
-        }
-
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            LIVE.fetch_sub(layout.size() as isize, Relaxed);
-            // SAFETY: `ptr` came from `alloc` with this `layout`.
-            unsafe { System.dealloc(ptr, layout) }
-        }
-
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            ALLOCS.fetch_add(1, Relaxed);
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
-            // SAFETY: the caller upholds `realloc`'s contract; passed through.
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-    }
+    use coalescer_fixtures::CountingAllocator;
 
     #[global_allocator]
-    static ALLOCATOR: Counting = Counting;
+    static ALLOCATOR: CountingAllocator = CountingAllocator::new();
 
     fn criterion_dir() -> PathBuf {
         let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -261,19 +233,19 @@ mod summary {
         // second is measured.
         let round = |first: u64| {
             running.store(0, Relaxed);
-            let base = LIVE.load(Relaxed);
+            let base = ALLOCATOR.live_bytes();
             for k in first..first + N as u64 {
                 c.request(k).unwrap();
             }
             while running.load(Relaxed) < N {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let active = LIVE.load(Relaxed);
+            let active = ALLOCATOR.live_bytes();
             while c.active_keys() > 0 {
                 release.notify_waiters();
                 std::thread::sleep(Duration::from_millis(1));
             }
-            (base, active, LIVE.load(Relaxed))
+            (base, active, ALLOCATOR.live_bytes())
         };
         let _ = round(0);
         let (base, active, idle) = round(N as u64);
@@ -290,11 +262,11 @@ mod summary {
     /// Heap allocations on the coalesced path.
     fn allocations() -> bool {
         let held = Held::new(&u64_keys(256));
-        let before = ALLOCS.load(Relaxed);
+        let before = ALLOCATOR.allocations();
         for i in 0..100_000u64 {
             held.coalescer.request(i % 256).unwrap();
         }
-        let n = ALLOCS.load(Relaxed) - before;
+        let n = ALLOCATOR.allocations() - before;
         println!("allocations: {n} in 100000 coalesced requests");
         n == 0
     }
