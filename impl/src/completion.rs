@@ -3,7 +3,7 @@
 
 use std::task::{Context, Poll, Waker};
 
-use crate::sync::{lock, wait, Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
 
 /// How a cycle ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl Completion {
     /// cycle happen-before each waiter's return. Only the first outcome
     /// counts (an abort after the end changes nothing).
     pub(crate) fn resolve(&self, outcome: Outcome) {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.outcome.is_some() {
             return;
         }
@@ -80,18 +80,18 @@ impl Completion {
 
     /// Blocks until the cycle ends and returns its outcome.
     pub(crate) fn wait(&self) -> Outcome {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         loop {
             if let Some(outcome) = state.outcome {
                 return outcome;
             }
-            state = wait(&self.done, state);
+            state = self.done.wait(state);
         }
     }
 
     /// The outcome if the cycle has ended; otherwise registers `cx`'s waker.
     pub(crate) fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if let Some(outcome) = state.outcome {
             return Poll::Ready(outcome);
         }

@@ -53,10 +53,14 @@
 #![forbid(unsafe_code)]
 
 mod completion;
+mod driver;
 mod error;
+mod memo;
+mod padded;
 mod panic;
 mod registry;
 mod runner;
+mod shell;
 mod slot;
 mod state;
 mod stats;
@@ -65,10 +69,21 @@ mod sync;
 mod asynchronous;
 pub mod blocking;
 
+// The slot protocol's loom models: they need the crate's internals, and
+// loom's primitives work only inside a loom model (`--cfg loom`).
+#[cfg(all(test, loom))]
+mod loom_models;
+
 pub use asynchronous::{Builder, Coalescer, Wait};
 pub use error::{Admission, Closed, RunError, StillRunning};
 pub use panic::PanicReport;
 pub use stats::Stats;
 
 #[doc(hidden)]
-pub use sync::{doc_block_on as __doc_block_on, LOOM_BUILD as __LOOM_BUILD};
+pub use driver::doc_block_on as __doc_block_on;
+
+/// Whether this is the loom model build (`--cfg loom`), whose primitives work
+/// only inside a loom model. The doc examples check it to skip themselves
+/// there (rustdoc does not see `RUSTFLAGS`, so they cannot use `cfg`).
+#[doc(hidden)]
+pub const __LOOM_BUILD: bool = cfg!(loom);

@@ -21,22 +21,17 @@
 //! the map, exactly as a request that finds a dead slot in the map does.
 
 use std::hash::{BuildHasher, Hash};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
-use crate::completion::Completion;
-use crate::error::Admission;
-use crate::slot::{Mark, Slot};
-use crate::state::Requested;
-use crate::stats::Counters;
-use crate::sync::{
-    self, in_cycle_of, read, write, Arc, AtomicBool, Ordering, Padded, PerThread, PerThreadValue,
-    RwLock, StatCounter,
-};
-
 use std::sync::atomic::Ordering::Relaxed;
 
 use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
+
+use crate::completion::Completion;
+use crate::memo::{self, drop_contained, Memo, MemoCounter};
+use crate::padded::Padded;
+use crate::slot::{MarkedRequest, Slot};
+use crate::stats::Counters;
+use crate::sync::{Arc, AtomicBool, Ordering, PerThread, RwLock, RwLockWriteGuard, StatCounter};
 
 /// One active key: its hash (computed once, at admission), the key, and its
 /// slot.
@@ -69,90 +64,9 @@ impl<K> std::ops::Deref for ShardMap<K> {
     }
 }
 
-/// Numbers registries, from 1, for the per-thread memo hints (`sync.rs`);
+/// Numbers registries, from 1, for the per-thread memo hints (`memo.rs`);
 /// never reused, so a hint can never point at a later registry by mistake.
 static NEXT_REGISTRY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// What one thread remembers of its own requests to one registry.
-struct Memo<K> {
-    /// Requests this thread folded into a live slot through this memo (see
-    /// `Stats`). Written by this thread only; read by `coalesced_count`.
-    coalesced: Arc<Padded<StatCounter>>,
-    /// The last key this thread requested twice in a row through the map and
-    /// found live, with its slot and this thread's mark registered there. The
-    /// slot may have died since: a request through the memo finds out.
-    hit: Option<Hit<K>>,
-    /// A mark no slot has registered, kept for the next [`Hit`] so that a
-    /// memo moving between keys allocates no new one.
-    spare: Option<Arc<Mark>>,
-}
-
-/// A memo's key, slot and mark.
-struct Hit<K> {
-    key: K,
-    slot: Arc<Slot>,
-    mark: Arc<Mark>,
-}
-
-impl<K: Send + 'static> Memo<K> {
-    /// This thread's memo in `value`, which is `registry`'s for this thread
-    /// (always a `Memo<K>`: a registry stores nothing else there). Created
-    /// on first use, with a statistics counter the registry can sum.
-    #[inline]
-    fn of<'a, S>(
-        value: &'a mut Option<PerThreadValue>,
-        registry: &Registry<K, S>,
-    ) -> Option<&'a mut Self> {
-        value
-            .get_or_insert_with(|| Self::create(registry))
-            .downcast_mut()
-    }
-
-    #[cold]
-    fn create<S>(registry: &Registry<K, S>) -> PerThreadValue {
-        let coalesced = Arc::new(Padded(StatCounter::new(0)));
-        registry.memo_counts().push(Arc::clone(&coalesced));
-        Box::new(Memo::<K> {
-            coalesced,
-            hit: None,
-            spare: None,
-        })
-    }
-
-    /// Makes `slot` (live, `key`'s) the memo's hit, with this thread's mark
-    /// registered there; the previous hit, if any, is let go first.
-    fn remember(&mut self, key: K, slot: Arc<Slot>) {
-        self.forget();
-        let mark = self.spare.take().unwrap_or_else(|| Arc::new(Mark::new()));
-        slot.watch(Arc::clone(&mark));
-        self.hit = Some(Hit { key, slot, mark });
-    }
-
-    /// Lets the hit go: its mark is unregistered (any request marked there
-    /// and not yet consumed is made again as a plain request) and kept as
-    /// the spare, and the key is dropped (a panic in its `Drop` contained).
-    fn forget(&mut self) {
-        if let Some(Hit { key, slot, mark }) = self.hit.take() {
-            slot.unwatch(&mark);
-            drop(slot);
-            // Unique once unregistered: the slot held the only other `Arc`.
-            if Arc::strong_count(&mark) == 1 {
-                self.spare = Some(mark);
-            }
-            drop_contained(Some(key));
-        }
-    }
-
-    /// Counts one request folded into a live slot through this memo.
-    fn count(&self) {
-        // ORDERING: Relaxed, observation only (StatCounter). A load and a
-        // store rather than an RMW: this thread is the counter's only writer
-        // (a thread's value passes to a later thread only after it exited),
-        // so no count is lost, and a plain store costs no locked instruction.
-        let c = &self.coalesced;
-        c.store(c.load(Relaxed) + 1, Relaxed);
-    }
-}
 
 /// Every active key's slot, and whether admission is closed.
 pub(crate) struct Registry<K, S> {
@@ -170,8 +84,8 @@ pub(crate) struct Registry<K, S> {
     id: u64,
     /// Every memo's count of requests folded through it (see `Stats`);
     /// pushed to when a thread's memo is created, read by `coalesced_count`.
-    /// A `std` mutex even under loom: observation only (see `sync.rs`).
-    memo_counts: std::sync::Mutex<Vec<Arc<Padded<StatCounter>>>>,
+    /// A `std` mutex even under loom: observation only (see `sync`).
+    memo_counts: std::sync::Mutex<Vec<MemoCounter>>,
     /// Each thread's [`Memo`]; dropped with the registry.
     memos: PerThread,
 }
@@ -179,150 +93,91 @@ pub(crate) struct Registry<K, S> {
 /// The most shards a registry has, whatever the builder was asked for.
 pub(crate) const MAX_SHARDS: usize = 1 << 16;
 
-/// An accepted request.
-#[derive(Debug)]
-pub(crate) struct Admitted {
-    /// Whether this request started a runner or joined an active one.
-    pub(crate) admission: Admission,
-    /// The covering cycle's completion, if the request asked to wait.
-    pub(crate) completion: Option<Arc<Completion>>,
+/// How a kind of request joins a slot: a plain request (nothing to wait
+/// for) or a waiting one (the covering cycle's completion). Implemented in
+/// `shell.rs`.
+pub(crate) trait Join {
+    /// What an accepted request of this kind gets.
+    type Covered;
+
+    /// Whether a repeat of this kind of request makes the thread remember
+    /// the key (only requests that do not wait go through memos).
+    const REMEMBERS: bool;
+
+    /// Folds the request into `slot`: `Ok(None)` if the slot is dead (the
+    /// request must go to a fresh slot); `Err` refuses it, recording nothing.
+    fn join(slot: &Slot) -> Result<Option<Self::Covered>, Refused>;
+
+    /// For a request that creates a fresh slot: the completion the slot is
+    /// born with (its cycle 1's), and what the request gets.
+    fn fresh() -> (Option<Arc<Completion>>, Self::Covered);
 }
 
-/// Why admission failed.
-#[derive(Debug)]
-pub(crate) enum AdmitError<E> {
-    /// The registry is closed: nothing was recorded.
+/// Why admission refused a request. Nothing was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The registry is closed.
     Closed,
     /// A waiting request from inside a cycle of the same key: it would wait
-    /// for itself. Nothing was recorded.
+    /// for itself.
     OwnCycle,
-    /// Starting the runner failed: the fresh slot was removed again before
-    /// anyone could see it, so nothing was recorded.
-    Start(E),
 }
 
-impl<K, S> Registry<K, S>
-where
-    K: Hash + Eq + Send + 'static,
-    S: BuildHasher + Clone,
-{
-    /// Admits a request for `key`.
-    ///
-    /// If the key is active, the request is folded into its slot — found
-    /// through this thread's memo, or else in the map. Otherwise a fresh slot
-    /// is created, and `start` is called — under the shard's write lock, so
-    /// `close` cannot return before the runner `start` registers is visible
-    /// to it — to start that slot's runner. If `wait` is set, the returned
-    /// admission carries the covering cycle's completion.
-    pub(crate) fn admit<E>(
-        &self,
-        key: K,
-        wait: bool,
-        counters: &Counters,
-        start: impl FnOnce(&K, &Arc<Slot>, u64) -> Result<(), E>,
-    ) -> Result<Admitted, AdmitError<E>> {
-        if !wait && sync::holds_memo_in(self.id) {
-            if let Some(decided) = self.admit_by_memo(&key, counters) {
-                return decided;
-            }
-        }
-        self.admit_by_map(key, wait, counters, start)
+/// What admission did with a request.
+pub(crate) enum Admitted<'a, K, C> {
+    /// The request joined a live slot.
+    Joined(C),
+    /// The key is idle: the request is to create its slot, and whoever
+    /// starts that slot's runner inserts it (or drops it: nothing recorded).
+    Vacant(Vacant<'a, K, C>),
+}
+
+/// An idle key's fresh slot, not yet in the map, with the shard's write
+/// lock held — so `close` cannot return before the runner started for it
+/// is visible to the drain (INV-5), and no other request can create a slot
+/// for the key meanwhile. Dropped without [`insert`](Self::insert), it
+/// records nothing.
+pub(crate) struct Vacant<'a, K, C> {
+    map: RwLockWriteGuard<'a, HashTable<Entry<K>>>,
+    active: &'a StatCounter,
+    hash: u64,
+    key: K,
+    slot: Arc<Slot>,
+    covered: C,
+}
+
+impl<'a, K, C> Vacant<'a, K, C> {
+    pub(crate) fn key(&self) -> &K {
+        &self.key
     }
 
-    /// The memo path: if this thread's memo holds `key` and its slot is
-    /// live, folds the request into it through this thread's mark, writing
-    /// nothing another thread writes. `None`: the memo does not decide (it
-    /// holds another key, is busy, or its slot is dead — then it is
-    /// forgotten), and the request goes to the map.
-    fn admit_by_memo<E>(
-        &self,
-        key: &K,
-        counters: &Counters,
-    ) -> Option<Result<Admitted, AdmitError<E>>> {
-        self.memos.with(|value| {
-            let memo = value.and_then(|v| Memo::of(v, self))?;
-            let hit = memo.hit.as_ref().filter(|hit| hit.key == *key)?;
-            if self.is_closed() {
-                return Some(Err(rejected(counters)));
-            }
-            if hit.slot.request_marked(&hit.mark) {
-                memo.count();
-                tracing::debug!(target: "coalescer", "coalesced");
-                return Some(Ok(Admitted {
-                    admission: Admission::Coalesced,
-                    completion: None,
-                }));
-            }
-            // The runner went idle since: the slot is dead and may have been
-            // replaced in the map.
-            memo.forget();
-            sync::set_memo_holder(0);
-            None
-        })
+    pub(crate) fn slot(&self) -> &Arc<Slot> {
+        &self.slot
     }
 
-    /// The map paths of [`admit`](Self::admit). Not inlined: the memo path
-    /// stays small (no frame for the map paths' locals).
-    #[inline(never)]
-    fn admit_by_map<E>(
-        &self,
-        key: K,
-        wait: bool,
-        counters: &Counters,
-        start: impl FnOnce(&K, &Arc<Slot>, u64) -> Result<(), E>,
-    ) -> Result<Admitted, AdmitError<E>> {
-        let hash = self.hash(&key);
-        let shard = self.shard(hash);
-        // A key requested twice in a row by this thread is worth remembering.
-        let repeated = !wait && sync::repeats_last_request(self.id, hash);
-        // Fast path: the key is active and its slot live. One read lock, one RMW.
-        let joined = {
-            let map = read(shard);
-            if self.is_closed() {
-                return Err(rejected(counters));
-            }
-            match map.find(hash, |e| e.key == key) {
-                Some(Entry { slot, .. }) => {
-                    if wait && in_cycle_of(slot.id()) {
-                        return Err(AdmitError::OwnCycle);
-                    }
-                    join_live(slot, wait)
-                        .map(|completion| (completion, repeated.then(|| Arc::clone(slot))))
-                }
-                None => None,
-            }
-        };
-        if let Some((completion, remember)) = joined {
-            if let Some(slot) = remember {
-                self.remember(key, slot);
-            }
-            return Ok(coalesced(shard, completion));
-        }
-        // Slow path: no slot, or a dead one. Under the write lock nobody else
-        // can create or remove this key's slot.
-        let mut map = write(shard);
-        if self.is_closed() {
-            return Err(rejected(counters));
-        }
-        // Someone may have created a fresh slot since we looked.
-        let found = map.find(hash, |e| e.key == key);
-        if let Some(completion) = found.and_then(|e| join_live(&e.slot, wait)) {
-            return Ok(coalesced(shard, completion));
-        }
-        // The key is idle (no slot, or a dead slot its runner has not removed
-        // yet): create its slot, replacing any dead one.
-        let completion = wait.then(|| Arc::new(Completion::new(1)));
-        let slot = Arc::new(Slot::fresh(completion.clone()));
-        if let Err(e) = start(&key, &slot, hash) {
-            // Nobody has seen `slot`: it was never in the map.
-            return Err(AdmitError::Start(e));
-        }
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// Puts the slot in the map (replacing a dead slot of the key whose
+    /// runner has not removed it yet) and releases the lock: the request is
+    /// accepted.
+    pub(crate) fn insert(self) -> C
+    where
+        K: Eq,
+    {
+        let Vacant {
+            mut map,
+            active,
+            hash,
+            key,
+            slot,
+            covered,
+        } = self;
         // Counted while we still hold the write lock, which the new runner's
         // `reclaim` needs: so the count never goes below this slot's share.
         // ORDERING: Relaxed, observation only (StatCounter).
-        self.active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Replace a dead slot whose runner has not removed it yet, or add.
+        active.fetch_add(1, Relaxed);
         match map.entry(hash, |e| e.key == key, |e| e.hash) {
             TableEntry::Occupied(mut dead) => dead.get_mut().slot = slot,
             TableEntry::Vacant(absent) => {
@@ -330,29 +185,143 @@ where
             }
         }
         drop(map);
-        Counters::bump(&counters.started);
-        tracing::debug!(target: "coalescer", "started");
-        Ok(Admitted {
-            admission: Admission::Started,
-            completion,
+        covered
+    }
+}
+
+impl<K, S> Registry<K, S>
+where
+    K: Hash + Eq + Send + 'static,
+    S: BuildHasher,
+{
+    /// Admits a request for `key` that does not wait, of kind `J`.
+    ///
+    /// If the key is active, the request is folded into its slot — found
+    /// through this thread's memo, or else in the map. Otherwise the answer
+    /// is a [`Vacant`] fresh slot, under the shard's write lock.
+    pub(crate) fn admit_plain<J: Join<Covered = ()>>(
+        &self,
+        key: K,
+    ) -> Result<Admitted<'_, K, ()>, Refused> {
+        if memo::holds_memo_in(self.id) {
+            if let Some(decided) = self.admit_by_memo(&key) {
+                return decided;
+            }
+        }
+        self.admit_by_map::<J>(key)
+    }
+
+    /// Admits a request for `key` of kind `J` through the map alone (a
+    /// waiting request: memos carry no completions).
+    pub(crate) fn admit<J: Join>(&self, key: K) -> Result<Admitted<'_, K, J::Covered>, Refused> {
+        self.admit_by_map::<J>(key)
+    }
+
+    /// The memo path: if this thread's memo holds `key` and its slot is
+    /// live, folds the request into it through this thread's mark, writing
+    /// nothing another thread writes. `None`: the memo does not decide (it
+    /// holds another key, is busy, or its slot is dead — then it is
+    /// forgotten), and the request goes to the map.
+    fn admit_by_memo(&self, key: &K) -> Option<Result<Admitted<'_, K, ()>, Refused>> {
+        self.memos.with(|value| {
+            let memo = value.and_then(|v| self.memo_of(v))?;
+            let hit = memo.hit.as_ref().filter(|hit| hit.key == *key)?;
+            if self.is_closed() {
+                return Some(Err(Refused::Closed));
+            }
+            match hit.slot.request_marked(&hit.mark) {
+                MarkedRequest::Covered => {
+                    memo.count();
+                    tracing::debug!(target: "coalescer", "coalesced");
+                    Some(Ok(Admitted::Joined(())))
+                }
+                MarkedRequest::SlotDead => {
+                    // The runner went idle since: the slot may have been
+                    // replaced in the map.
+                    memo.forget();
+                    memo::set_memo_holder(0);
+                    None
+                }
+            }
         })
+    }
+
+    /// The map paths of admission. Not inlined: the memo path stays small
+    /// (no frame for the map paths' locals).
+    #[inline(never)]
+    fn admit_by_map<J: Join>(&self, key: K) -> Result<Admitted<'_, K, J::Covered>, Refused> {
+        let hash = self.hash(&key);
+        let shard = self.shard(hash);
+        // A key requested twice in a row by this thread is worth remembering.
+        let repeated = J::REMEMBERS && memo::repeats_last_request(self.id, hash);
+        // Fast path: the key is active and its slot live. One read lock, one RMW.
+        let joined = {
+            let map = shard.read();
+            if self.is_closed() {
+                return Err(Refused::Closed);
+            }
+            match map.find(hash, |e| e.key == key) {
+                Some(Entry { slot, .. }) => {
+                    J::join(slot)?.map(|covered| (covered, repeated.then(|| Arc::clone(slot))))
+                }
+                None => None,
+            }
+        };
+        if let Some((covered, remember)) = joined {
+            if let Some(slot) = remember {
+                self.remember(key, slot);
+            }
+            return Ok(coalesced(shard, covered));
+        }
+        // Slow path: no slot, or a dead one. Under the write lock nobody else
+        // can create or remove this key's slot.
+        let map = shard.write();
+        if self.is_closed() {
+            return Err(Refused::Closed);
+        }
+        // Someone may have created a fresh slot since we looked.
+        if let Some(e) = map.find(hash, |e| e.key == key) {
+            if let Some(covered) = J::join(&e.slot)? {
+                return Ok(coalesced(shard, covered));
+            }
+        }
+        // The key is idle (no slot, or a dead slot its runner has not removed
+        // yet): its fresh slot, for the caller to start and insert.
+        let (completion, covered) = J::fresh();
+        Ok(Admitted::Vacant(Vacant {
+            map,
+            active: &self.active,
+            hash,
+            key,
+            slot: Arc::new(Slot::fresh(completion)),
+            covered,
+        }))
     }
 
     /// Makes `slot` (live, `key`'s) this thread's memo for this registry.
     fn remember(&self, key: K, slot: Arc<Slot>) {
         self.memos.with(|value| {
-            if let Some(memo) = value.and_then(|v| Memo::of(v, self)) {
+            if let Some(memo) = value.and_then(|v| self.memo_of(v)) {
                 memo.remember(key, slot);
-                sync::set_memo_holder(self.id);
+                memo::set_memo_holder(self.id);
             }
         });
+    }
+
+    /// This thread's memo for this registry, in its `PerThread` value.
+    #[inline]
+    fn memo_of<'v>(
+        &self,
+        value: &'v mut Option<crate::sync::PerThreadValue>,
+    ) -> Option<&'v mut Memo<K>> {
+        Memo::of(value, |counter| self.memo_counts().push(counter))
     }
 }
 
 impl<K, S> Registry<K, S>
 where
     K: Hash + Eq,
-    S: BuildHasher + Clone,
+    S: BuildHasher,
 {
     /// A registry with `shards` shards, rounded up to a power of two and
     /// clamped to `1..=MAX_SHARDS` (so no request for shards can overflow).
@@ -414,7 +383,7 @@ where
     /// user code runs here except the key's `Drop` for the map's copy, which
     /// is contained, so a runner never dies of its key.
     pub(crate) fn reclaim(&self, hash: u64, slot: &Arc<Slot>) {
-        let mut map = write(self.shard(hash));
+        let mut map = self.shard(hash).write();
         let removed = match map.find_entry(hash, |e| Arc::ptr_eq(&e.slot, slot)) {
             Ok(entry) => Some(entry.remove().0),
             Err(_) => None,
@@ -441,7 +410,8 @@ where
         self.shards
             .iter()
             .flat_map(|shard| {
-                read(shard)
+                shard
+                    .read()
                     .iter()
                     .filter(|e| e.slot.is_live())
                     .map(|e| e.key.clone())
@@ -451,9 +421,9 @@ where
     }
 
     /// Slots still in the map, dead or alive (for tests of reclamation).
-    #[cfg(all(test, not(loom)))]
+    #[cfg(test)]
     pub(crate) fn slots(&self) -> usize {
-        self.shards.iter().map(|s| read(s).len()).sum()
+        self.shards.iter().map(|s| s.read().len()).sum()
     }
 }
 
@@ -480,7 +450,7 @@ impl<K, S> Registry<K, S> {
         // holding a shard lock; any lock taken after it sees the flag.
         self.closed.store(true, Ordering::Release);
         for shard in self.shards.iter() {
-            drop(write(shard));
+            drop(shard.write());
         }
     }
 
@@ -488,7 +458,7 @@ impl<K, S> Registry<K, S> {
     /// every admission from now on is rejected, with no promise about the
     /// ones in flight. For a coalescer that can no longer run anything (its
     /// runtime has shut down); safe to call while holding a shard lock.
-    pub(crate) fn mark_closed(&self) {
+    pub(crate) fn close_without_barrier(&self) {
         // ORDERING: Release pairs with the Acquire load in `is_closed`.
         self.closed.store(true, Ordering::Release);
     }
@@ -503,7 +473,7 @@ impl<K, S> Registry<K, S> {
     }
 
     /// The list of memo counters, locked (poison ignored, as in `sync::lock`).
-    fn memo_counts(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Padded<StatCounter>>>> {
+    fn memo_counts(&self) -> std::sync::MutexGuard<'_, Vec<MemoCounter>> {
         self.memo_counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -516,52 +486,74 @@ impl<K, S> Registry<K, S> {
     }
 }
 
-/// Counts a rejected request.
-fn rejected<E>(counters: &Counters) -> AdmitError<E> {
-    Counters::bump(&counters.rejected);
-    AdmitError::Closed
-}
-
 /// Counts a request folded into a live slot through the map, in its shard.
-fn coalesced<K>(shard: &Shard<K>, completion: Option<Arc<Completion>>) -> Admitted {
+fn coalesced<'a, K, C>(shard: &Shard<K>, covered: C) -> Admitted<'a, K, C> {
     Counters::bump(&shard.coalesced);
     tracing::debug!(target: "coalescer", "coalesced");
-    Admitted {
-        admission: Admission::Coalesced,
-        completion,
-    }
+    Admitted::Joined(covered)
 }
 
-/// Drops `value` — a key, or a memo entry holding one — containing a panic
-/// of the key's `Drop`: it is reported, and the caller (a runner, or a
-/// request already accepted) goes on.
-fn drop_contained<T>(value: Option<T>) {
-    if value.is_none() {
-        return;
-    }
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
-        crate::panic::dispose(payload);
-        tracing::error!(target: "coalescer", "a key's Drop panicked when the coalescer let it go");
-    }
-}
-
-/// Folds a request into `slot` if it is live: `Some` of the covering
-/// cycle's completion if the request waits (`Some(None)` if not); `None` if
-/// the slot is dead.
-fn join_live(slot: &Slot, wait: bool) -> Option<Option<Arc<Completion>>> {
-    if wait {
-        return slot.request_and_register().map(Some);
-    }
-    match slot.request() {
-        Requested::Dead => None,
-        Requested::Coalesced { .. } => Some(None),
-    }
-}
-
+// Not under loom: its primitives work only inside a loom model (the loom
+// models of admission and reclamation are in `loom_models.rs`).
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::{shrink_target, Registry};
+    use super::{shrink_target, Admitted, Join, Refused, Registry};
+    use crate::completion::Completion;
+    use crate::slot::{AfterCycle, Slot};
+    use crate::state::Requested;
+    use crate::sync::Arc;
     use std::collections::hash_map::RandomState;
+
+    /// A plain request, as the shell's `Plain` (without memos).
+    struct Plain;
+
+    impl Join for Plain {
+        type Covered = ();
+        const REMEMBERS: bool = false;
+
+        fn join(slot: &Slot) -> Result<Option<()>, Refused> {
+            Ok(match slot.request() {
+                Requested::Dead => None,
+                Requested::Coalesced { .. } => Some(()),
+            })
+        }
+
+        fn fresh() -> (Option<Arc<Completion>>, ()) {
+            (None, ())
+        }
+    }
+
+    /// Creates key 0's slot through admission: its slot and hash.
+    fn create(map: &Registry<u8, RandomState>) -> (Arc<Slot>, u64) {
+        let Ok(Admitted::Vacant(vacant)) = map.admit::<Plain>(0) else {
+            panic!("key 0 is idle: its request creates the slot");
+        };
+        let created = (Arc::clone(vacant.slot()), vacant.hash());
+        vacant.insert();
+        created
+    }
+
+    /// A runner that went idle removes its own slot, found by identity — not
+    /// the key's next slot, which a request created in its place before the
+    /// old runner got to reclaim. Removing that one would let a later request
+    /// start a second live runner beside it.
+    #[test]
+    fn reclaiming_a_dead_slot_leaves_its_replacement() {
+        let map = Registry::<u8, RandomState>::new(1, RandomState::new());
+        let (old, hash) = create(&map);
+        let begun = old.begin();
+        assert_eq!(old.go_idle(&begun), AfterCycle::Idle);
+        // The old runner has not reclaimed yet: a request finds the dead slot
+        // and replaces it.
+        let (new, _) = create(&map);
+        map.reclaim(hash, &old);
+        assert_eq!(map.slots(), 1, "the replacement was removed");
+        assert!(
+            matches!(map.admit::<Plain>(0), Ok(Admitted::Joined(()))),
+            "a request must join the live replacement"
+        );
+        assert!(new.is_live());
+    }
 
     /// Keys spread over every shard. A hash or shard choice that sent every
     /// key to one shard would still be correct, but every request of every

@@ -16,8 +16,9 @@
 //! under the slot's lock, which the runner holds from its check to `die`.
 
 use crate::completion::Completion;
+use crate::padded::Padded;
 use crate::state::{self, Requested};
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, Padded};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 
 /// The per-key slot. Exists only while the key is active (INV-6).
 #[derive(Debug)]
@@ -27,7 +28,7 @@ pub(crate) struct Slot {
     /// `go_idle`); never by anyone else.
     state: AtomicU64,
     /// What the next cycle takes: guarded by this mutex, which `begin` also
-    /// holds while it consumes the pending mark and the marks.
+    /// holds while it consumes the pending bit and the marks.
     next: Mutex<Next>,
 }
 
@@ -45,7 +46,7 @@ struct Next {
     marks: Vec<Arc<Mark>>,
 }
 
-/// One thread's pending mark on one slot, on cache lines of its own: set by
+/// One thread's mark on one slot, on cache lines of its own: set by
 /// that thread's requests through its memo, cleared by the slot's runner
 /// when a cycle covers it, or by the thread when it takes it back.
 #[derive(Debug)]
@@ -62,6 +63,25 @@ impl Mark {
 // an empty `Vec`. Not checked under loom, whose primitives are larger.
 #[cfg(not(loom))]
 static_assertions::const_assert!(std::mem::size_of::<Slot>() <= 48);
+
+/// What a request through a mark found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MarkedRequest {
+    /// The request is covered by a cycle of this slot's runner.
+    Covered,
+    /// The slot is dead: nothing was recorded; the request goes to the map.
+    SlotDead,
+}
+
+/// What the runner does after a cycle, as [`Slot::go_idle`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterCycle {
+    /// No request arrived since the cycle began: the slot is dead, and its
+    /// runner removes it from the map and exits.
+    Idle,
+    /// A request is pending: the runner begins another cycle.
+    RunAgain,
+}
 
 /// What `begin` hands the runner.
 #[derive(Debug)]
@@ -92,7 +112,7 @@ impl Slot {
         state::is_live(self.state.load(Ordering::Relaxed))
     }
 
-    /// This slot's identity for [`crate::sync::enter_cycle`].
+    /// This slot's identity, for the own-cycle check (`runner.rs`).
     pub(crate) fn id(&self) -> usize {
         std::ptr::from_ref(self) as usize
     }
@@ -116,7 +136,7 @@ impl Slot {
     /// `begin` uses, so the completion returned is that of the cycle that
     /// covers this request. `None` if the slot is dead.
     pub(crate) fn request_and_register(&self) -> Option<Arc<Completion>> {
-        let mut next = lock(&self.next);
+        let mut next = self.next.lock();
         match self.request() {
             Requested::Dead => None,
             Requested::Coalesced { covered_by } => {
@@ -131,10 +151,9 @@ impl Slot {
 
     /// A request through `mark` (registered with this slot by
     /// [`watch`](Self::watch)): sets the mark and reads the state word,
-    /// writing nothing shared. `true`: the request is covered by a cycle of
-    /// this slot's runner. `false`: the slot is dead; nothing was recorded.
+    /// writing nothing shared.
     #[inline]
-    pub(crate) fn request_marked(&self, mark: &Mark) -> bool {
+    pub(crate) fn request_marked(&self, mark: &Mark) -> MarkedRequest {
         // ORDERING: AcqRel, paired both ways with the AcqRel swap in
         // `consume` (by `begin` or `go_idle`), the only other write to the
         // mark.
@@ -156,7 +175,7 @@ impl Slot {
         // request needs no data from the runner; one that finds the slot
         // dying or dead is ordered by `request`'s AcqRel RMW in `take_back`.
         if state::accepts_marks(self.state.load(Ordering::Relaxed)) {
-            return true;
+            return MarkedRequest::Covered;
         }
         self.take_back(mark)
     }
@@ -164,8 +183,7 @@ impl Slot {
     /// The slow end of [`request_marked`](Self::request_marked): the slot was
     /// dying or dead, so the runner may have checked the marks before this
     /// one was set. Takes the mark back under the slot's lock and, if it was
-    /// still set, makes the request again as a plain `request`. `true` if the
-    /// request is covered.
+    /// still set, makes the request again as a plain `request`.
     ///
     /// The lock is what keeps the requests in the mark safe. The mark may
     /// also hold this thread's *earlier* marked requests, already accepted:
@@ -179,31 +197,35 @@ impl Slot {
     /// request, the slot die, and this request then be rejected (a
     /// shutdown) with an accepted request inside it (found by the spec).
     #[cold]
-    fn take_back(&self, mark: &Mark) -> bool {
-        let next = lock(&self.next);
+    fn take_back(&self, mark: &Mark) -> MarkedRequest {
+        let next = self.next.lock();
         let covered = self.reassert(&next, mark);
         drop(next);
         covered
     }
 
     /// With the slot's lock held (`_held`): takes `mark` back; if it was
-    /// still set, makes its request again as a plain `request`. `true` if
-    /// the request is covered: the runner had consumed the mark, or the
-    /// plain request found the slot live (dying included: its `PENDING`
-    /// makes `die` fail).
-    fn reassert(&self, _held: &Next, mark: &Mark) -> bool {
+    /// still set, makes its request again as a plain `request`. Covered if
+    /// the runner had consumed the mark, or the plain request found the
+    /// slot live (dying included: its `PENDING` makes `die` fail).
+    fn reassert(&self, _held: &Next, mark: &Mark) -> MarkedRequest {
         // ORDERING: Relaxed: only this mark's thread sets it, and the runner,
         // which also clears it, does so under the lock we hold. A request
         // that reads `false` here was consumed by an Acquire swap that read
         // its `true` (INV-4); one that reads `true` is ordered by `request`'s
         // AcqRel.
-        !mark.0 .0.swap(false, Ordering::Relaxed)
-            || matches!(self.request(), Requested::Coalesced { .. })
+        let covered = !mark.0 .0.swap(false, Ordering::Relaxed)
+            || matches!(self.request(), Requested::Coalesced { .. });
+        if covered {
+            MarkedRequest::Covered
+        } else {
+            MarkedRequest::SlotDead
+        }
     }
 
     /// Registers `mark`: from now on this slot's runner consumes it.
     pub(crate) fn watch(&self, mark: Arc<Mark>) {
-        lock(&self.next).marks.push(mark);
+        self.next.lock().marks.push(mark);
     }
 
     /// Unregisters `mark` (its thread's memo moves on). A request marked
@@ -211,7 +233,7 @@ impl Slot {
     /// the lock the runner checks the marks under, so it is never dropped
     /// between the two.
     pub(crate) fn unwatch(&self, mark: &Arc<Mark>) {
-        let mut next = lock(&self.next);
+        let mut next = self.next.lock();
         // A mark still set was set by requests accepted while the slot was
         // live, so the slot is live now (the runner kills it only after
         // consuming every mark, under this lock) — unless it was abandoned,
@@ -220,18 +242,18 @@ impl Slot {
         next.marks.retain(|m| !Arc::ptr_eq(m, mark));
     }
 
-    /// The `begin` transition: consumes the pending mark and the marks,
+    /// The `begin` transition: consumes the pending bit and the marks,
     /// counts one more cycle, and takes the waiters registered for it.
     /// Runner only, and only while `PENDING` is set.
     pub(crate) fn begin(&self) -> Begun {
-        let mut next = lock(&self.next);
+        let mut next = self.next.lock();
         // ORDERING: Acquire pairs with the Release half of every requester's
         // `fetch_or` in `request` that precedes this RMW in the word's
         // modification order: the cycle about to run sees those requesters'
         // writes (INV-4). No Release is needed: nothing reads this word to
         // learn about the runner's writes except `go_idle`'s successors.
         let prev = self.state.fetch_add(state::BEGIN_DELTA, Ordering::Acquire);
-        // One `begin` consumes the pending mark of every request so far, and
+        // One `begin` consumes the pending bit of every request so far, and
         // every mark set so far: they are all covered by this one cycle
         // (INV-7).
         let after = state::begin(prev);
@@ -246,9 +268,8 @@ impl Slot {
 
     /// Going idle: kills the slot if and only if no request arrived since
     /// `begun` — no `PENDING` and no mark — with no window in which a request
-    /// can be stranded (D1, INV-2). Returns `true` if the slot is now dead;
-    /// `false` means a request is pending and the runner must `begin` again.
-    pub(crate) fn go_idle(&self, begun: &Begun) -> bool {
+    /// can be stranded (D1, INV-2).
+    pub(crate) fn go_idle(&self, begun: &Begun) -> AfterCycle {
         let (from, dying) = state::dying(begun.after);
         // ORDERING: Relaxed both ways. Success is published to marking
         // requesters by the Release half of the check's swaps below
@@ -260,12 +281,12 @@ impl Slot {
             .compare_exchange(from, dying, Ordering::Relaxed, Ordering::Relaxed)
             .is_err()
         {
-            return false;
+            return AfterCycle::RunAgain;
         }
         // The check: either it sees a request's mark, or that request's swap
         // comes after it and the request sees `DYING` (`request_marked`).
         // Held until `die`, so a take-back cannot fall in between.
-        let next = lock(&self.next);
+        let next = self.next.lock();
         if !consume(&next.marks) {
             let (from, dead) = state::die(dying);
             // ORDERING: success Release pairs with the Acquire half of the
@@ -279,7 +300,7 @@ impl Slot {
                 .compare_exchange(from, dead, Ordering::Release, Ordering::Relaxed)
                 .is_ok()
             {
-                return true;
+                return AfterCycle::Idle;
             }
         }
         drop(next);
@@ -294,7 +315,7 @@ impl Slot {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
                 Some(state::revive(s))
             });
-        false
+        AfterCycle::RunAgain
     }
 
     /// Kills the slot of a runner that is being torn down mid-flight (its
@@ -304,7 +325,7 @@ impl Slot {
     /// either registered before (and gets that completion's outcome) or sees
     /// the slot dead and goes to a fresh slot.
     pub(crate) fn abandon(&self) -> Option<Arc<Completion>> {
-        let mut next = lock(&self.next);
+        let mut next = self.next.lock();
         // ORDERING: Release pairs with the Acquire half of `request`'s
         // `fetch_or`, as `go_idle`'s success does: a requester that finds the
         // slot dead starts the next runner after everything this one did.
@@ -332,9 +353,11 @@ fn consume(marks: &[Arc<Mark>]) -> bool {
     })
 }
 
+// Not under loom, whose primitives work only inside a model: the slot's
+// loom models are in `loom_models.rs`.
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::Slot;
+    use super::{AfterCycle, Slot};
     use crate::state::Requested;
     use crate::sync::Arc;
 
@@ -348,9 +371,13 @@ mod tests {
         assert!(slot.is_live());
         let first = slot.begin();
         assert_eq!(slot.request(), Requested::Coalesced { covered_by: 2 });
-        assert!(!slot.go_idle(&first), "a request is pending");
+        assert_eq!(
+            slot.go_idle(&first),
+            AfterCycle::RunAgain,
+            "a request is pending"
+        );
         let second = slot.begin();
-        assert!(slot.go_idle(&second));
+        assert_eq!(slot.go_idle(&second), AfterCycle::Idle);
         assert!(!slot.is_live());
         assert_eq!(slot.request(), Requested::Dead);
         assert!(slot.request_and_register().is_none());

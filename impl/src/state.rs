@@ -114,7 +114,7 @@ pub(crate) const fn cycles_begun(s: u64) -> u64 {
 
 /// The `request` transition (what `fetch_or(PENDING)` computes).
 #[cfg_attr(
-    any(not(test), loom),
+    not(test),
     allow(
         dead_code,
         reason = "the slot applies it as `fetch_or(PENDING)`; tests and the spec call it"
@@ -202,7 +202,7 @@ pub(crate) fn revive(s: u64) -> u64 {
     (s & !DYING) | PENDING
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -70,7 +70,7 @@ fn debug_output_shows_the_configuration_the_counters_and_a_wait() {
             let builder = Coalescer::<u32>::builder().shards(3);
             let shown = format!("{builder:?}");
             assert!(
-                shown.starts_with("Builder { options: Options {") && shown.contains("shards: 3"),
+                shown.starts_with("Builder { hasher: ") && shown.contains("shards: 3"),
                 "{shown}"
             );
             let c = builder.build(|_: u32| async {});

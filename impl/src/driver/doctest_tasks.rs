@@ -1,0 +1,64 @@
+//! A type-only [`Tasks`] for rustdoc's doctest collection (see the module
+//! doc of `driver`): never compiled into the library.
+
+use std::future::Future;
+use std::io;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use super::{BoxFuture, Driver};
+
+/// Type-only stand-in.
+#[derive(Debug)]
+pub struct Tasks;
+
+/// Type-only stand-in.
+#[derive(Debug, Default)]
+pub struct TasksConfig {}
+
+impl Tasks {
+    pub(crate) fn new(_: TasksConfig, _: Duration) -> Self {
+        Tasks
+    }
+
+    pub(crate) fn poll_drained(&self, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+impl Driver for Tasks {
+    type Config = TasksConfig;
+
+    fn spawn(&self, _: BoxFuture) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn clock(&self) -> Option<Instant> {
+        None
+    }
+
+    fn until_next(&self, _: Instant) -> impl Future<Output = ()> + Send + '_ {
+        std::future::ready(())
+    }
+
+    fn drain(&self) {}
+
+    fn is_aborted(&self) -> bool {
+        false
+    }
+
+    fn reap(&self) {}
+
+    fn on_drop(&self, close: impl FnOnce()) {
+        close();
+    }
+}
+
+pub(crate) async fn within<T>(_: Duration, f: impl Future<Output = T>) -> Option<T> {
+    Some(f.await)
+}
+
+/// Type-only stand-in.
+pub fn doc_block_on<F: Future>(_: F) -> F::Output {
+    unreachable!("type-only stand-in for doctest collection")
+}

@@ -1,0 +1,98 @@
+//! [`Tasks`] under loom: tokio is out of the build, so each runner future is
+//! driven by `loom::future::block_on` on a loom thread — the same runner
+//! loop, on loom's scheduler. Loom does not model time: a pacing wait is one
+//! yield, during which anything may happen.
+
+use std::future::Future;
+use std::io;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use super::{BoxFuture, Driver};
+use crate::sync::{thread, AtomicBool, Mutex, Ordering};
+
+/// The async coalescer's driver under loom: runners on loom threads.
+#[derive(Debug)]
+pub struct Tasks {
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    paced: bool,
+    /// Set by `on_drop`: runners that see it begin no further cycle.
+    aborted: AtomicBool,
+}
+
+/// The builder's options for [`Tasks`] (none under loom).
+#[derive(Debug, Default)]
+pub struct TasksConfig {}
+
+impl Tasks {
+    pub(crate) fn new(_: TasksConfig, min_interval: Duration) -> Self {
+        Tasks {
+            threads: Mutex::new(Vec::new()),
+            paced: !min_interval.is_zero(),
+            aborted: AtomicBool::new(false),
+        }
+    }
+
+    /// Joins every thread (blocking the loom thread that polls).
+    pub(crate) fn poll_drained(&self, _: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let threads = std::mem::take(&mut *self.threads.lock());
+            if threads.is_empty() {
+                return Poll::Ready(());
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Driver for Tasks {
+    type Config = TasksConfig;
+
+    fn spawn(&self, runner: BoxFuture) -> io::Result<()> {
+        let handle = thread::spawn(move || loom::future::block_on(runner));
+        self.threads.lock().push(handle);
+        Ok(())
+    }
+
+    fn clock(&self) -> Option<Instant> {
+        self.paced.then(Instant::now)
+    }
+
+    /// One yield: a point where every other thread may run (a request joins
+    /// the pending follow-up, a shutdown starts draining), after which the
+    /// interval has passed (see `sync`'s `Condvar::wait_until`).
+    async fn until_next(&self, _: Instant) {
+        thread::yield_now();
+    }
+
+    fn drain(&self) {}
+
+    fn is_aborted(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release store in `on_drop` (as in
+        // `tokio_tasks.rs`).
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// Loom threads are joined by `poll_drained`.
+    fn reap(&self) {}
+
+    /// Loom threads cannot be cancelled: the flag alone keeps runners from
+    /// beginning another cycle.
+    fn on_drop(&self, close: impl FnOnce()) {
+        close();
+        // ORDERING: Release pairs with the Acquire load in `is_aborted`.
+        self.aborted.store(true, Ordering::Release);
+    }
+}
+
+/// Loom does not model time: waits for `f`, never times out.
+pub(crate) async fn within<T>(_: Duration, f: impl Future<Output = T>) -> Option<T> {
+    Some(f.await)
+}
+
+/// Under loom the doc examples return before calling this.
+pub fn doc_block_on<F: Future>(_: F) -> F::Output {
+    unreachable!("doc examples do not run in the loom build")
+}

@@ -1,0 +1,99 @@
+//! Where runners run. Everything that differs between tokio tasks, OS
+//! threads and loom threads sits behind [`Driver`]: starting a runner,
+//! reaping it, holding it back between cycles (`min_interval`), aborting on
+//! drop. Each implementation is a file of its own; the runner loop
+//! (`runner.rs`) and the verbs (`shell.rs`) are written once against the
+//! trait.
+//!
+//! | driver | runners | under `--cfg loom` |
+//! |---|---|---|
+//! | [`Tasks`] (`coalescer::Coalescer`) | tokio tasks in a `JoinSet` (`tokio_tasks.rs`) | loom threads, each driving its runner with `loom::future::block_on` (`loom_tasks.rs`) |
+//! | [`Threads`] (`coalescer::blocking::Coalescer`) | OS threads (`threads.rs`) | loom threads (the same file, through `sync`) |
+//!
+//! rustdoc collects doc examples from its own parse of the crate, which sees
+//! neither `--cfg loom` (it does not read `RUSTFLAGS`) nor, in the loom
+//! build, tokio; `doctest_tasks.rs` is a type-only [`Tasks`] that lets that
+//! parse resolve. It is never compiled into the library.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::Instant;
+
+// The drivers and their trait are `pub` but unnameable outside the crate:
+// they appear in the public type aliases (`coalescer::Coalescer` is
+// `shell::Coalescer<K, S, Tasks>`), and no other crate can implement or
+// name them.
+mod threads;
+#[allow(unreachable_pub, reason = "named only through the public type aliases")]
+pub use self::threads::Threads;
+
+#[cfg(not(any(loom, doctest)))]
+mod tokio_tasks;
+#[cfg(not(any(loom, doctest)))]
+pub(crate) use self::tokio_tasks::within;
+#[cfg(not(any(loom, doctest)))]
+#[allow(unreachable_pub, reason = "named only through the public type aliases")]
+pub use self::tokio_tasks::{doc_block_on, Tasks};
+
+#[cfg(loom)]
+mod loom_tasks;
+#[cfg(loom)]
+pub(crate) use self::loom_tasks::within;
+#[cfg(loom)]
+#[allow(unreachable_pub, reason = "named only through the public type aliases")]
+pub use self::loom_tasks::{doc_block_on, Tasks};
+
+#[cfg(all(doctest, not(loom)))]
+mod doctest_tasks;
+#[cfg(all(doctest, not(loom)))]
+pub(crate) use self::doctest_tasks::within;
+#[cfg(all(doctest, not(loom)))]
+#[allow(unreachable_pub, reason = "named only through the public type aliases")]
+pub use self::doctest_tasks::{doc_block_on, Tasks};
+
+/// A runner, ready to be driven to completion: the runner loop of one key.
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What runs a coalescer's runners. Implemented by [`Tasks`] and
+/// [`Threads`] only (the trait is unnameable outside the crate).
+pub trait Driver: Send + Sync + Sized + 'static {
+    /// The builder's options for this driver (the tokio handle, for tasks).
+    type Config: Default + std::fmt::Debug + Send;
+
+    /// Starts `runner`, which the driver then runs to its end, unless it
+    /// aborts it ([`on_drop`](Self::on_drop)). Called while admission holds
+    /// the key's shard write lock: `runner` must not be polled on this
+    /// thread before this returns. A driver that cannot run it any more may
+    /// drop it right here (a shut-down tokio runtime does); the runner's
+    /// guard sees that and the caller rejects the request (`runner.rs`,
+    /// `Launch`).
+    ///
+    /// # Errors
+    ///
+    /// The OS refused to start a thread.
+    fn spawn(&self, runner: BoxFuture) -> io::Result<()>;
+
+    /// When a cycle begins: the instant to pace the next one from, if this
+    /// coalescer paces (`min_interval`).
+    fn clock(&self) -> Option<Instant>;
+
+    /// Resolves once `min_interval` has passed since `began`, or at once
+    /// when the coalescer is draining ([`drain`](Self::drain)).
+    fn until_next(&self, began: Instant) -> impl Future<Output = ()> + Send + '_;
+
+    /// Ends every [`until_next`](Self::until_next) wait, now and later:
+    /// shutdown drains without pacing.
+    fn drain(&self);
+
+    /// Whether runners must begin no further cycle (the async coalescer was
+    /// dropped). Read by each runner before each cycle.
+    fn is_aborted(&self) -> bool;
+
+    /// Called by a runner as it exits normally.
+    fn reap(&self);
+
+    /// What dropping the coalescer does: `close` it (admission and pacing),
+    /// then abort the runners (tasks) or join them (threads).
+    fn on_drop(&self, close: impl FnOnce());
+}

@@ -1,0 +1,380 @@
+//! One coalescer and one builder, generic over the driver: the verbs every
+//! front end shares, written once. `asynchronous.rs` and `blocking.rs` add
+//! only what differs — how a caller waits (a future, or blocking), how
+//! shutdown waits for the drain, and the constructors' cycle types — and
+//! name the two public types (`coalescer::Coalescer`,
+//! `coalescer::blocking::Coalescer`) and their builders.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::time::Duration;
+
+use crate::completion::Completion;
+use crate::driver::Driver;
+use crate::error::{Admission, Closed, RunError};
+use crate::panic::{self, PanicHook};
+use crate::registry::{Admitted, Join, Refused, Registry};
+use crate::runner::{self, in_cycle_of, CycleFn, Shared, StartError};
+use crate::slot::Slot;
+use crate::state::Requested;
+use crate::stats::Counters;
+use crate::sync::Arc;
+
+/// A per-key coalescer on driver `D`; used as [`crate::Coalescer`] (tokio
+/// tasks) and [`crate::blocking::Coalescer`] (threads), whose docs say what
+/// each guarantees.
+pub struct Coalescer<K, S, D: Driver> {
+    pub(crate) shared: Arc<Shared<K, S, D>>,
+}
+
+/// A builder on driver `D`; used as [`crate::Builder`] and
+/// [`crate::blocking::Builder`].
+pub struct Builder<K, S, D: Driver> {
+    hook: PanicHook<K>,
+    hasher: S,
+    shards: usize,
+    /// A key's follow-up cycle begins no earlier than this after the
+    /// previous cycle of that key began. Zero: no pacing.
+    min_interval: Duration,
+    /// The driver's own options.
+    pub(crate) driver: D::Config,
+}
+
+impl<K, D: Driver> Builder<K, RandomState, D> {
+    /// The defaults (see `new`, in [`front_end!`]).
+    pub(crate) fn defaults() -> Self {
+        Builder {
+            hook: panic::default_hook(),
+            hasher: RandomState::new(),
+            shards: default_shards(),
+            min_interval: Duration::ZERO,
+            driver: D::Config::default(),
+        }
+    }
+}
+
+/// Four shards per available core, so two requesters rarely share a lock.
+fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get()) * 4
+}
+
+impl<K, S, D: Driver> Builder<K, S, D> {
+    pub(crate) fn with_hook(mut self, hook: PanicHook<K>) -> Self {
+        self.hook = hook;
+        self
+    }
+
+    pub(crate) fn with_hasher<S2>(self, hasher: S2) -> Builder<K, S2, D> {
+        Builder {
+            hook: self.hook,
+            hasher,
+            shards: self.shards,
+            min_interval: self.min_interval,
+            driver: self.driver,
+        }
+    }
+
+    pub(crate) fn with_shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    pub(crate) fn with_min_interval(mut self, min_interval: Duration) -> Self {
+        self.min_interval = min_interval;
+        self
+    }
+
+    /// The driver's pacing interval, for the front end's `build`.
+    pub(crate) fn interval(&self) -> Duration {
+        self.min_interval
+    }
+
+    /// The coalescer on `driver`, running `cycle`.
+    pub(crate) fn finish(self, driver: D, cycle: CycleFn<K>) -> Coalescer<K, S, D>
+    where
+        K: Hash + Eq,
+        S: BuildHasher,
+    {
+        Coalescer {
+            shared: Arc::new(Shared {
+                registry: Registry::new(self.shards, self.hasher),
+                counters: Counters::default(),
+                hook: self.hook,
+                cycle,
+                driver,
+            }),
+        }
+    }
+}
+
+impl<K, S: fmt::Debug, D: Driver> fmt::Debug for Builder<K, S, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("hasher", &self.hasher)
+            .field("shards", &self.shards)
+            .field("min_interval", &self.min_interval)
+            .field("driver", &self.driver)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The public surface the two front ends share, written once and stamped
+/// onto each front end's public types (`front_end!(Coalescer, Builder)` in
+/// `asynchronous.rs` and in `blocking.rs`, naming that module's aliases):
+/// rustdoc shows on a type alias's page only the impls written for the
+/// alias itself, so the shared verbs are impls of each alias, not of the
+/// generic type. Each body is one line into the generic code.
+macro_rules! front_end {
+    ($coalescer:ident, $builder:ident) => {
+        impl<K, S> $coalescer<K, S>
+        where
+            K: ::std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+            S: ::std::hash::BuildHasher + Send + Sync + 'static,
+        {
+            /// Requests a cycle of `key` and returns at once: it never
+            /// waits for a cycle, never awaits, and may be called from any
+            /// thread (for the async coalescer, inside the runtime or not).
+            ///
+            /// If the key is idle this starts its runner
+            /// ([`Admission::Started`](crate::Admission::Started)); if its
+            /// runner is active, the request is folded into the one cycle
+            /// that runner begins next
+            /// ([`Admission::Coalesced`](crate::Admission::Coalesced)).
+            /// Either way, everything this thread did before the call
+            /// happens-before the cycle that covers the request.
+            ///
+            /// # Errors
+            ///
+            /// [`Closed`](crate::Closed) once shutdown (or drop) has begun;
+            /// the request is then not recorded.
+            ///
+            /// # Panics
+            ///
+            /// The blocking coalescer, if the OS refuses to start a runner
+            /// thread (as [`std::thread::spawn`] does); the request is then
+            /// not recorded. A panic of `K`'s `Hash` or `Eq` reaches the
+            /// caller; the coalescer stays usable.
+            pub fn request(&self, key: K) -> Result<$crate::Admission, $crate::Closed> {
+                self.request_plain(key)
+            }
+        }
+
+        impl<K, S> $coalescer<K, S> {
+            /// The number of keys with a running or pending cycle; 0 once
+            /// quiescent.
+            pub fn active_keys(&self) -> usize {
+                self.shared.registry.active_keys()
+            }
+
+            /// A snapshot of the counters.
+            pub fn stats(&self) -> $crate::Stats {
+                self.shared.stats()
+            }
+        }
+
+        impl<K> $coalescer<K> {
+            /// A builder, for options.
+            pub fn builder() -> $builder<K> {
+                $builder::<K>::new()
+            }
+        }
+
+        impl<K> $builder<K> {
+            /// A builder with the defaults: panics reported as a `tracing`
+            /// error event, `RandomState` hashing, four map shards per
+            /// core, no pacing (and, for the async coalescer, the current
+            /// tokio runtime).
+            pub fn new() -> Self {
+                Self::defaults()
+            }
+        }
+
+        impl<K> Default for $builder<K> {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl<K, S> $builder<K, S> {
+            /// Replaces the panic hook. It is called exactly once for every
+            /// cycle that panics — when the cycle function is called, while
+            /// its future is polled, or while the finished future is
+            /// dropped — on the runner (its task or thread), after the
+            /// panic was caught. A panic inside the hook is caught and
+            /// discarded.
+            #[must_use]
+            pub fn panic_hook(
+                self,
+                hook: impl Fn(&$crate::PanicReport<'_, K>) + Send + Sync + 'static,
+            ) -> Self {
+                self.with_hook(Box::new(hook))
+            }
+
+            /// Replaces the hasher that places keys in the map (the
+            /// default, `RandomState`, resists hash flooding).
+            #[must_use]
+            pub fn hasher<S2: ::std::hash::BuildHasher>(self, hasher: S2) -> $builder<K, S2> {
+                self.with_hasher(hasher)
+            }
+
+            /// Sets the number of map shards (rounded up to a power of two,
+            /// at least 1, at most 65 536). More shards mean fewer requests
+            /// contending on one lock when keys become active or idle.
+            #[must_use]
+            pub fn shards(self, shards: usize) -> Self {
+                self.with_shards(shards)
+            }
+
+            /// Paces each key: a follow-up cycle of a key begins no earlier
+            /// than `min_interval` after the previous cycle of that key
+            /// began (for the async coalescer, on tokio's clock). Requests
+            /// that arrive meanwhile are not dropped: they join that one
+            /// follow-up. A request for an idle key still starts its cycle
+            /// at once, and shutdown cuts every wait short (the drain runs
+            /// pending follow-ups at once). The default, zero, does not
+            /// pace.
+            ///
+            /// The async coalescer needs a runtime with the time driver
+            /// (`enable_time` or `enable_all`) for this; on one without it
+            /// the interval is ignored and `build` logs an error event
+            /// (target `coalescer`).
+            #[must_use]
+            pub fn min_interval(self, min_interval: ::std::time::Duration) -> Self {
+                self.with_min_interval(min_interval)
+            }
+        }
+    };
+}
+pub(crate) use front_end;
+
+/// A request that does not wait: it gets nothing but its admission.
+struct Plain;
+
+impl Join for Plain {
+    type Covered = ();
+    const REMEMBERS: bool = true;
+
+    fn join(slot: &Slot) -> Result<Option<()>, Refused> {
+        Ok(match slot.request() {
+            Requested::Dead => None,
+            Requested::Coalesced { .. } => Some(()),
+        })
+    }
+
+    fn fresh() -> (Option<Arc<Completion>>, ()) {
+        (None, ())
+    }
+}
+
+/// A request that waits: it gets the completion of the cycle that covers it.
+struct Waiting;
+
+impl Join for Waiting {
+    type Covered = Arc<Completion>;
+    const REMEMBERS: bool = false;
+
+    fn join(slot: &Slot) -> Result<Option<Arc<Completion>>, Refused> {
+        if in_cycle_of(slot.id()) {
+            return Err(Refused::OwnCycle);
+        }
+        Ok(slot.request_and_register())
+    }
+
+    fn fresh() -> (Option<Arc<Completion>>, Arc<Completion>) {
+        let completion = Arc::new(Completion::new(1));
+        (Some(Arc::clone(&completion)), completion)
+    }
+}
+
+impl<K, S, D> Coalescer<K, S, D>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    D: Driver,
+{
+    /// Admits a request that does not wait (`request`, in [`front_end!`]).
+    pub(crate) fn request_plain(&self, key: K) -> Result<Admission, Closed> {
+        let admitted = self.shared.registry.admit_plain::<Plain>(key);
+        // Only a waiting request can be refused for any other reason.
+        self.settle(admitted)
+            .map(|(admission, ())| admission)
+            .map_err(|_| Closed)
+    }
+
+    /// Admits a waiting request: its admission and the completion of the
+    /// cycle that covers it.
+    pub(crate) fn request_waiting(&self, key: K) -> Result<(Admission, Arc<Completion>), RunError> {
+        let admitted = self.shared.registry.admit::<Waiting>(key);
+        self.settle(admitted)
+    }
+
+    /// What admission decided, with the runner of a fresh slot started (its
+    /// shard's write lock still held, in the `Vacant`) and the rejections
+    /// counted.
+    fn settle<C>(
+        &self,
+        admitted: Result<Admitted<'_, K, C>, Refused>,
+    ) -> Result<(Admission, C), RunError> {
+        let shared = &self.shared;
+        let vacant = match admitted {
+            Ok(Admitted::Joined(covered)) => return Ok((Admission::Coalesced, covered)),
+            Ok(Admitted::Vacant(vacant)) => vacant,
+            Err(Refused::OwnCycle) => return Err(RunError::OwnCycle),
+            Err(Refused::Closed) => {
+                Counters::bump(&shared.counters.rejected);
+                return Err(RunError::Closed);
+            }
+        };
+        let key = vacant.key().clone();
+        match runner::start(shared, key, Arc::clone(vacant.slot()), vacant.hash()) {
+            Ok(()) => {
+                let covered = vacant.insert();
+                Counters::bump(&shared.counters.started);
+                tracing::debug!(target: "coalescer", "started");
+                Ok((Admission::Started, covered))
+            }
+            Err(StartError::Gone) => {
+                // Nobody has seen the slot: it was never in the map. The
+                // runtime has shut down and nothing can run any more, so the
+                // coalescer closes itself: this and every later request is
+                // rejected.
+                drop(vacant);
+                shared.registry.close_without_barrier();
+                Counters::bump(&shared.counters.rejected);
+                Err(RunError::Closed)
+            }
+            Err(StartError::Os(e)) => {
+                drop(vacant);
+                panic!("coalescer: failed to start a runner thread: {e}")
+            }
+        }
+    }
+}
+
+impl<K, S, D: Driver> Drop for Coalescer<K, S, D> {
+    /// Closes the coalescer, then aborts its runner tasks (async) or joins
+    /// its runner threads (blocking); see the type docs.
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        shared.driver.on_drop(|| shared.close());
+    }
+}
+
+impl<K, S, D: Driver> fmt::Debug for Coalescer<K, S, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coalescer")
+            .field("stats", &self.shared.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The documented default: four shards per available core.
+    #[test]
+    fn four_shards_per_core_by_default() {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        assert_eq!(super::default_shards(), 4 * cores);
+    }
+}
