@@ -1,0 +1,252 @@
+//! The coalescer's protocol: one function per atomic step of the real code
+//! (`registry.rs`, `slot.rs`, `runner.rs`), applied to the model's state.
+
+use super::steps::*;
+use super::*;
+
+/// Applies `action` to `s`, or `None` if it is not enabled there.
+pub(super) fn step(spec: &Spec, s: &mut State, action: Action) -> Option<()> {
+    match action {
+        Action::Request { r, key } => {
+            let ru = usize::from(r);
+            s.requesters[ru].issued += 1;
+            let id = spec.current(s, r);
+            s.requests[id].key = key;
+            s.requests[id].fate = Fate::InFlight;
+            if memo_holds(s, ru, key) {
+                // The memo path: `closed` first, no lock.
+                if s.closed {
+                    reject(s, id, ru);
+                } else {
+                    s.requesters[ru].step = Step::MemoOpen;
+                }
+                return Some(());
+            }
+            enter_map(s, id, ru, key);
+        }
+        Action::FastPath { r, remember } => {
+            let ru = usize::from(r);
+            let Step::ReadLocked { key } = s.requesters[ru].step else {
+                return None;
+            };
+            let id = spec.current(s, r);
+            s.locks[usize::from(key)].readers -= 1;
+            s.requesters[ru].step = Step::NeedsWrite { key };
+            if let Some(slot) = s.map[usize::from(key)] {
+                let su = usize::from(slot);
+                let prev = s.slots[su].word;
+                s.slots[su].word = state::request(prev);
+                if let state::Requested::Coalesced { .. } = state::requested(prev) {
+                    accept(s, id, su);
+                    s.ghost.coalesced = true;
+                    s.requesters[ru].step = if remember {
+                        Step::Remembering { slot }
+                    } else {
+                        Step::Idle
+                    };
+                }
+            }
+        }
+        Action::Remember { r } => {
+            let ru = usize::from(r);
+            let Step::Remembering { slot } = s.requesters[ru].step else {
+                return None;
+            };
+            unwatch(s, ru);
+            // Registering a mark that is not set: the runner sees a
+            // longer list, nothing else.
+            s.requesters[ru].memo = Some(slot);
+            s.requesters[ru].step = Step::Idle;
+        }
+        Action::SetMark { r } => {
+            let ru = usize::from(r);
+            let id = spec.current(s, r);
+            s.requesters[ru].mark |= 1 << id;
+            s.requesters[ru].step = Step::Marked;
+        }
+        Action::ReadState { r } => {
+            let ru = usize::from(r);
+            let id = spec.current(s, r);
+            let slot = usize::from(s.requesters[ru].memo?);
+            if state::accepts_marks(s.slots[slot].word) {
+                accepted(s, id);
+                s.ghost.marked = true;
+                s.requesters[ru].step = Step::Idle;
+            } else {
+                s.requesters[ru].step = Step::TakingBack;
+            }
+        }
+        Action::TakeBack { r } => {
+            let ru = usize::from(r);
+            let id = spec.current(s, r);
+            let slot = usize::from(s.requesters[ru].memo?);
+            let ids = std::mem::take(&mut s.requesters[ru].mark);
+            if ids == 0 {
+                // The runner consumed it: it revived the slot, or began.
+                accepted(s, id);
+                s.requesters[ru].step = Step::Idle;
+                return Some(());
+            }
+            s.requesters[ru].carried |= ids;
+            s.ghost.took_back = true;
+            let prev = s.slots[slot].word;
+            s.slots[slot].word = state::request(prev);
+            if let state::Requested::Coalesced { .. } = state::requested(prev) {
+                accept(s, id, slot);
+                s.requesters[ru].step = Step::Idle;
+            } else {
+                s.requesters[ru].step = Step::Forgetting;
+            }
+        }
+        Action::Forget { r } => {
+            let ru = usize::from(r);
+            let key = s.requests[spec.current(s, r)].key;
+            unwatch(s, ru);
+            s.ghost.forgot_dead = true;
+            s.requesters[ru].step = Step::ToMap { key };
+        }
+        Action::EnterMap { r } => {
+            let ru = usize::from(r);
+            let Step::ToMap { key } = s.requesters[ru].step else {
+                return None;
+            };
+            let id = spec.current(s, r);
+            enter_map(s, id, ru, key);
+        }
+        Action::LockForWrite { r } => {
+            let ru = usize::from(r);
+            let Step::NeedsWrite { key } = s.requesters[ru].step else {
+                return None;
+            };
+            let id = spec.current(s, r);
+            if s.closed {
+                reject(s, id, ru);
+            } else {
+                s.locks[usize::from(key)].writer = true;
+                s.requesters[ru].step = Step::WriteLocked { key };
+            }
+        }
+        Action::SlowPath { r, remember } => {
+            let ru = usize::from(r);
+            let Step::WriteLocked { key } = s.requesters[ru].step else {
+                return None;
+            };
+            let id = spec.current(s, r);
+            let k = usize::from(key);
+            s.locks[k].writer = false;
+            let then = |slot: u8| {
+                if remember {
+                    Step::Remembering { slot }
+                } else {
+                    Step::Idle
+                }
+            };
+            if let Some(slot) = s.map[k] {
+                let su = usize::from(slot);
+                let prev = s.slots[su].word;
+                s.slots[su].word = state::request(prev);
+                if let state::Requested::Coalesced { .. } = state::requested(prev) {
+                    accept(s, id, su);
+                    s.ghost.coalesced = true;
+                    s.requesters[ru].step = then(slot);
+                    return Some(());
+                }
+                s.ghost.replaced_dead_slot = true;
+            }
+            let slot = start(s, key, state::FRESH, id);
+            s.map[k] = Some(slot);
+            s.requesters[ru].step = then(slot);
+        }
+        Action::Begin { i } => {
+            let iu = usize::from(i);
+            let slot = usize::from(s.runners[iu].slot);
+            let prev = s.slots[slot].word;
+            if !(state::is_live(prev) && state::is_pending(prev)) {
+                return None; // `state::begin` would panic: never enabled
+            }
+            let after = state::begin(prev);
+            s.slots[slot].word = after;
+            s.runners[iu].after = after;
+            cover(s, iu);
+        }
+        Action::Finish { i, panicked } => {
+            let iu = usize::from(i);
+            if panicked {
+                mark_during_panic(s, iu);
+            }
+            // A panicking cycle ends through the same path.
+            s.runners[iu].phase = Phase::Ended;
+        }
+        Action::GoIdle { i } => {
+            let iu = usize::from(i);
+            let slot = usize::from(s.runners[iu].slot);
+            let (from, to) = state::dying(s.runners[iu].after);
+            if s.slots[slot].word == from {
+                s.slots[slot].word = to;
+                s.runners[iu].phase = Phase::Dying;
+                s.runners[iu].after = to;
+            } else {
+                s.runners[iu].phase = Phase::Ready;
+            }
+        }
+        Action::Check { i } => {
+            let iu = usize::from(i);
+            let slot = s.runners[iu].slot;
+            let ids = consume(s, slot);
+            if ids == 0 {
+                s.runners[iu].phase = Phase::Checked;
+            } else {
+                s.slots[usize::from(slot)].owed |= ids;
+                s.ghost.found_by_check = true;
+                s.runners[iu].phase = Phase::Reviving;
+            }
+        }
+        Action::Die { i } => {
+            let iu = usize::from(i);
+            let slot = usize::from(s.runners[iu].slot);
+            let (from, to) = state::die(s.runners[iu].after);
+            if s.slots[slot].word == from {
+                s.slots[slot].word = to;
+                s.runners[iu].phase = Phase::WentIdle;
+            } else {
+                s.runners[iu].phase = Phase::Reviving;
+            }
+        }
+        Action::Revive { i } => {
+            let iu = usize::from(i);
+            let slot = usize::from(s.runners[iu].slot);
+            s.slots[slot].word = state::revive(s.slots[slot].word);
+            s.runners[iu].phase = Phase::Ready;
+        }
+        Action::Reclaim { i } => {
+            let iu = usize::from(i);
+            let slot = s.runners[iu].slot;
+            let key = usize::from(s.slots[usize::from(slot)].key);
+            if s.map[key] == Some(slot) {
+                s.map[key] = None;
+                s.ghost.reclaimed |= 1 << key;
+            }
+            exit(s, iu, false);
+        }
+        Action::Close => {
+            s.closed = true;
+            s.shutdown = Shutdown::Closing { barrier: 0 };
+        }
+        Action::Barrier => {
+            let Shutdown::Closing { barrier } = s.shutdown else {
+                return None;
+            };
+            s.shutdown = if barrier + 1 == spec.keys {
+                Shutdown::Joining
+            } else {
+                Shutdown::Closing {
+                    barrier: barrier + 1,
+                }
+            };
+        }
+        Action::Join => s.shutdown = Shutdown::Done,
+
+        _ => return None,
+    }
+    Some(())
+}

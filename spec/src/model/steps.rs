@@ -1,0 +1,168 @@
+//! What the steps of both protocols share: the ghost bookkeeping of requests
+//! (accepted, rejected, owed, covered), entering the map, the marks, and
+//! starting and stopping runners.
+
+use super::*;
+
+/// Marks request `id` accepted into slot `slot`, with the requests its
+/// requester carries from a mark it took back (request `id` comes after
+/// them, so the cycle that covers it covers them).
+pub(super) fn accept(s: &mut State, id: usize, slot: usize) {
+    let r = id / (s.requests.len() / s.requesters.len());
+    let carried = std::mem::take(&mut s.requesters[r].carried);
+    s.slots[slot].owed |= carried | 1 << id;
+    accepted(s, id);
+}
+
+/// Request `id` returns accepted: owed a cycle — unless one already covered
+/// it (a runner consumed its mark and began): then it was accepted when it
+/// set its mark, and this is only its return.
+pub(super) fn accepted(s: &mut State, id: usize) {
+    if s.requests[id].fate == Fate::Covered {
+        return;
+    }
+    s.requests[id].fate = Fate::Owed;
+    if s.shutdown == Shutdown::Done {
+        s.ghost.accepted_after_shutdown = true;
+    } else if s.closed {
+        s.ghost.accepted_while_closing = true;
+    }
+}
+
+/// The current request of requester `r` is rejected; requests it carried
+/// from a taken-back mark are dropped with it (and stay owed: the
+/// properties then report them).
+pub(super) fn reject(s: &mut State, id: usize, r: usize) {
+    s.requests[id].fate = Fate::Rejected;
+    s.requesters[r].step = Step::Idle;
+    s.requesters[r].carried = 0;
+    s.ghost.rejected = true;
+}
+
+/// Requester `r`'s request `id` enters the map: it takes `key`'s shard read
+/// lock and reads `closed` under it (rejected if set).
+pub(super) fn enter_map(s: &mut State, id: usize, r: usize, key: u8) {
+    if s.closed {
+        reject(s, id, r);
+    } else {
+        s.locks[usize::from(key)].readers += 1;
+        s.requesters[r].step = Step::ReadLocked { key };
+    }
+}
+
+/// Consumes every mark registered with `slot`: the requests they carry.
+pub(super) fn consume(s: &mut State, slot: u8) -> u16 {
+    s.requesters
+        .iter_mut()
+        .filter(|q| q.memo == Some(slot))
+        .fold(0, |ids, q| ids | std::mem::take(&mut q.mark))
+}
+
+/// Whether requester `r`'s memo holds `key` (its request takes the memo
+/// path).
+pub(super) fn memo_holds(s: &State, r: usize, key: u8) -> bool {
+    s.requesters[r]
+        .memo
+        .is_some_and(|slot| s.slots[usize::from(slot)].key == key)
+}
+
+/// `Slot::unwatch` of requester `r`'s memo, under the slot's lock: a mark
+/// still set is taken back and made again as a plain request. (That
+/// request was accepted while the slot was live; if the slot is dead now,
+/// the properties report it as never covered.)
+pub(super) fn unwatch(s: &mut State, r: usize) {
+    let Some(slot) = s.requesters[r].memo.take() else {
+        return;
+    };
+    let ids = std::mem::take(&mut s.requesters[r].mark);
+    if ids != 0 {
+        s.ghost.reasserted = true;
+        let su = usize::from(slot);
+        let prev = s.slots[su].word;
+        s.slots[su].word = state::request(prev);
+        if let state::Requested::Coalesced { .. } = state::requested(prev) {
+            s.slots[su].owed |= ids;
+        }
+    }
+}
+
+/// Whether a runner holds `slot`'s lock between its check and `Die`.
+pub(super) fn slot_locked(s: &State, slot: u8) -> bool {
+    s.runners
+        .iter()
+        .any(|r| r.slot == slot && r.phase == Phase::Checked)
+}
+
+/// Starts a runner for a fresh slot of `key` owed request `id`.
+pub(super) fn start(s: &mut State, key: u8, word: u64, id: usize) -> u8 {
+    let slot = s.slots.len();
+    s.slots.push(Slot { key, word, owed: 0 });
+    accept(s, id, slot);
+    s.runners.push(Runner {
+        slot: slot as u8,
+        phase: Phase::Ready,
+        after: 0,
+    });
+    if s.ghost.reclaimed & (1 << key) != 0 {
+        s.ghost.recreated = true;
+    }
+    slot as u8
+}
+
+/// Runner `i` stops. If its slot still owes a request a cycle and no other
+/// runner of the slot is active, that request is stranded.
+pub(super) fn exit(s: &mut State, i: usize, by_panic: bool) {
+    s.runners[i].phase = Phase::Exited { by_panic };
+    let slot = s.runners[i].slot;
+    let others = s.runners.iter().any(|r| r.slot == slot && r.active());
+    // A set mark may belong to a request still in flight (it will take the
+    // mark back); one that belongs to an accepted request is stranded.
+    let marked_owed = s
+        .requesters
+        .iter()
+        .filter(|q| q.memo == Some(slot))
+        .fold(0, |ids, q| ids | q.mark);
+    let marked_owed = (0..s.requests.len())
+        .any(|id| marked_owed & (1 << id) != 0 && s.requests[id].fate == Fate::Owed);
+    if (s.slots[usize::from(slot)].owed != 0 || marked_owed) && !others {
+        if by_panic {
+            s.ghost.stranded_by_panic = true;
+        } else {
+            s.ghost.stranded_by_stop = true;
+        }
+    }
+}
+
+/// Runner `i` begins a cycle: it covers the slot's ghost owed set and the
+/// requests of every mark it consumes.
+pub(super) fn cover(s: &mut State, i: usize) {
+    let slot = usize::from(s.runners[i].slot);
+    let marked = consume(s, s.runners[i].slot);
+    let owed = std::mem::take(&mut s.slots[slot].owed) | marked;
+    if owed == 0 {
+        s.ghost.spurious_cycle = true;
+    }
+    for (id, req) in s.requests.iter_mut().enumerate() {
+        if owed & (1 << id) != 0 {
+            req.fate = Fate::Covered;
+            if req.during_panic {
+                s.ghost.panic_follow_up = true;
+            }
+        }
+    }
+    if s.shutdown == Shutdown::Done {
+        s.ghost.cycle_after_shutdown = true;
+    }
+    s.runners[i].phase = Phase::Running;
+}
+
+/// Runner `i`'s cycle panicked: the requests its slot owes now arrived
+/// during it — the ones a panic must not strand (D2).
+pub(super) fn mark_during_panic(s: &mut State, i: usize) {
+    let owed = s.slots[usize::from(s.runners[i].slot)].owed;
+    for (id, req) in s.requests.iter_mut().enumerate() {
+        if owed & (1 << id) != 0 {
+            req.during_panic = true;
+        }
+    }
+}
