@@ -33,11 +33,11 @@ consume-acqrel-release|impl/src/slot.rs|mark.0 .0.swap(false, Ordering::AcqRel)|
 is-closed-acquire-relaxed|impl/src/registry.rs|self.closed.load(Ordering::Acquire)|self.closed.load(Ordering::Relaxed)
 close-release-relaxed|impl/src/registry.rs|// holding a shard lock; any lock taken after it sees the flag.\n        self.closed.store(true, Ordering::Release);|// holding a shard lock; any lock taken after it sees the flag.\n        self.closed.store(true, Ordering::Relaxed);
 mark-closed-release-relaxed|impl/src/registry.rs|// ORDERING: Release pairs with the Acquire load in `is_closed`.\n        self.closed.store(true, Ordering::Release);|// ORDERING: Release pairs with the Acquire load in `is_closed`.\n        self.closed.store(true, Ordering::Relaxed);
-finished-release-relaxed|impl/src/blocking.rs|self.0.store(true, Ordering::Release)|self.0.store(true, Ordering::Relaxed)
-reap-acquire-relaxed|impl/src/blocking.rs|if entries[i].finished.load(Ordering::Acquire)|if entries[i].finished.load(Ordering::Relaxed)
-join-partition-acquire-relaxed|impl/src/blocking.rs|e.finished.load(Ordering::Acquire)|e.finished.load(Ordering::Relaxed)
-aborted-release-relaxed|impl/src/asynchronous.rs|self.inner.aborted.store(true, Ordering::Release)|self.inner.aborted.store(true, Ordering::Relaxed)
-aborted-acquire-relaxed|impl/src/asynchronous.rs|this.inner.aborted.load(Ordering::Acquire)|this.inner.aborted.load(Ordering::Relaxed)
+finished-release-relaxed|impl/src/driver/threads.rs|self.0.store(true, Ordering::Release)|self.0.store(true, Ordering::Relaxed)
+reap-acquire-relaxed|impl/src/driver/threads.rs|if entries[i].finished.load(Ordering::Acquire)|if entries[i].finished.load(Ordering::Relaxed)
+join-partition-acquire-relaxed|impl/src/driver/threads.rs|e.finished.load(Ordering::Acquire)|e.finished.load(Ordering::Relaxed)
+aborted-release-relaxed|impl/src/driver/loom_tasks.rs|self.aborted.store(true, Ordering::Release)|self.aborted.store(true, Ordering::Relaxed)
+aborted-acquire-relaxed|impl/src/driver/loom_tasks.rs|self.aborted.load(Ordering::Acquire)|self.aborted.load(Ordering::Relaxed)
 LIST
 )
 
@@ -54,6 +54,12 @@ PY
 }
 
 # The first failure in a loom log: the model and what it reported.
+# The loom suite: the slot models inside the crate, then the public-API
+# models in loom-tests (cargo's --lib would apply to both packages at once).
+suite() {
+  cargo test --release -p coalescer --lib "$@" && cargo test --release -p coalescer-loom-tests "$@"
+}
+
 verdict() {
   local f=$1
   local model msg
@@ -79,12 +85,11 @@ while IFS='|' read -r id file old new; do
   if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -qx "$id"; then continue; fi
   git checkout -q -- impl/src
   apply "$file" "$old" "$new"
-  cargo test --release -p coalescer-loom-tests --no-run >"$log/$id.build" 2>&1 \
+  suite --no-run >"$log/$id.build" 2>&1 \
     || { echo "| $id | build failed | | see $log/$id.build |"; continue; }
-  if ! COALESCER_LOOM_SCREEN=$SCREEN cargo test --release -p coalescer-loom-tests -- --nocapture \
-    >"$log/$id.screen" 2>&1; then
+  if ! COALESCER_LOOM_SCREEN=$SCREEN suite -- --nocapture >"$log/$id.screen" 2>&1; then
     echo "| $id | **caught** | not needed | $(verdict "$log/$id.screen") |"
-  elif ! cargo test --release -p coalescer-loom-tests -- --nocapture >"$log/$id.full" 2>&1; then
+  elif ! suite -- --nocapture >"$log/$id.full" 2>&1; then
     echo "| $id | passed | **caught** | $(verdict "$log/$id.full") |"
   else
     echo "| $id | passed | passed | not caught |"

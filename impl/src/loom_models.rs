@@ -19,7 +19,7 @@
 use std::sync::Mutex as StdMutex;
 
 use coalescer_fixtures::loom_model::{check, check_bounded};
-use coalescer_fixtures::Gate;
+use coalescer_fixtures::Held;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use loom::thread;
 
@@ -188,6 +188,14 @@ fn spawn_runner(
     thread::spawn(move || run_until_idle(&slot, &env, hold))
 }
 
+/// Spawns the runner of `slot`, its first cycle held until the test opens
+/// `release` (`started` opens when it is held).
+fn spawn_held_runner(slot: &Arc<Slot>, env: &Arc<Env>) -> (thread::JoinHandle<usize>, Arc<Held>) {
+    let held = Arc::new(Held::default());
+    let hold = Arc::clone(&held);
+    (spawn_runner(slot, env, move || hold.hold()), held)
+}
+
 /// D1 for marked requests: a request through a mark races the runner's
 /// cycle, `dying`, the mark check, `die`. It is covered by the runner, or
 /// finds the slot dying or dead and is refused (the caller then goes to the
@@ -316,18 +324,10 @@ fn inv2_slot_a_mark_taken_back_with_an_accepted_request_in_it_is_not_lost() {
         || {
             let env = Env::new(2);
             let (slot, marks) = slot_with_marks(1);
-            let release = Arc::new(Gate::default());
-            let started = Arc::new(Gate::default());
-            let runner = {
-                let (release, started) = (Arc::clone(&release), Arc::clone(&started));
-                spawn_runner(&slot, &env, move || {
-                    started.open();
-                    release.wait();
-                })
-            };
-            started.wait();
+            let (runner, held) = spawn_held_runner(&slot, &env);
+            held.started.wait();
             assert_eq!(env.marked(0, &slot, &marks[0]), MarkedRequest::Covered);
-            release.open();
+            held.release.open();
             env.marked(1, &slot, &marks[0]);
             let cycles = runner.join().unwrap();
             assert_eq!(env.check(), cycles);
@@ -344,42 +344,15 @@ fn inv2_inv4_slot_a_mark_unregistered_before_its_runner_saw_it_is_not_lost() {
     check("slot_mark_unregistered_racing_the_runner", || {
         let env = Env::new(1);
         let (slot, marks) = slot_with_marks(1);
-        let release = Arc::new(Gate::default());
-        let started = Arc::new(Gate::default());
-        let runner = {
-            let (release, started) = (Arc::clone(&release), Arc::clone(&started));
-            spawn_runner(&slot, &env, move || {
-                started.open();
-                release.wait();
-            })
-        };
-        started.wait();
+        let (runner, held) = spawn_held_runner(&slot, &env);
+        held.started.wait();
         assert_eq!(env.marked(0, &slot, &marks[0]), MarkedRequest::Covered);
-        release.open();
+        held.release.open();
         slot.unwatch(&marks[0]);
         let cycles = runner.join().unwrap();
         assert_eq!(env.check(), cycles);
         assert_eq!(cycles, 2, "the marked request needs its follow-up");
     });
-}
-
-/// A plain request, as `shell.rs`'s `Plain` joins a slot (without memos).
-struct PlainRequest;
-
-impl crate::registry::Join for PlainRequest {
-    type Covered = ();
-    const REMEMBERS: bool = false;
-
-    fn join(slot: &Slot) -> Result<Option<()>, crate::registry::Refused> {
-        Ok(match slot.request() {
-            Requested::Dead => None,
-            Requested::Coalesced { .. } => Some(()),
-        })
-    }
-
-    fn fresh() -> (Option<Arc<crate::completion::Completion>>, ()) {
-        (None, ())
-    }
 }
 
 type Map = crate::registry::Registry<
@@ -397,7 +370,7 @@ fn admit(
     i: usize,
 ) {
     env.written[i].store(true, Relaxed);
-    match map.admit::<PlainRequest>(0) {
+    match map.admit::<crate::shell::Plain>(0) {
         Ok(crate::registry::Admitted::Joined(())) => {}
         Ok(crate::registry::Admitted::Vacant(vacant)) => {
             let (slot, hash) = (Arc::clone(vacant.slot()), vacant.hash());

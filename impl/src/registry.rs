@@ -497,31 +497,11 @@ fn coalesced<'a, K, C>(shard: &Shard<K>, covered: C) -> Admitted<'a, K, C> {
 // models of admission and reclamation are in `loom_models.rs`).
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::{shrink_target, Admitted, Join, Refused, Registry};
-    use crate::completion::Completion;
+    use super::{shrink_target, Admitted, Registry};
+    use crate::shell::Plain;
     use crate::slot::{AfterCycle, Slot};
-    use crate::state::Requested;
     use crate::sync::Arc;
     use std::collections::hash_map::RandomState;
-
-    /// A plain request, as the shell's `Plain` (without memos).
-    struct Plain;
-
-    impl Join for Plain {
-        type Covered = ();
-        const REMEMBERS: bool = false;
-
-        fn join(slot: &Slot) -> Result<Option<()>, Refused> {
-            Ok(match slot.request() {
-                Requested::Dead => None,
-                Requested::Coalesced { .. } => Some(()),
-            })
-        }
-
-        fn fresh() -> (Option<Arc<Completion>>, ()) {
-            (None, ())
-        }
-    }
 
     /// Creates key 0's slot through admission: its slot and hash.
     fn create(map: &Registry<u8, RandomState>) -> (Arc<Slot>, u64) {

@@ -249,7 +249,7 @@ macro_rules! front_end {
 pub(crate) use front_end;
 
 /// A request that does not wait: it gets nothing but its admission.
-struct Plain;
+pub(crate) struct Plain;
 
 impl Join for Plain {
     type Covered = ();

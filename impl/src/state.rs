@@ -67,7 +67,7 @@ pub(crate) const WATCHED: u64 = 0b101;
 /// The state a slot is born in: `RUNNING | PENDING` (asserted below).
 pub(crate) const FRESH: u64 = 0b11;
 
-/// What `begin` adds to the word: one more cycle, and the pending mark
+/// What `begin` adds to the word: one more cycle, and the pending bit
 /// consumed. Valid because `PENDING` is set whenever `begin` runs; the
 /// subtraction is written as wrapping arithmetic so the constant exists, and
 /// the `fetch_add` result is exactly `s - PENDING + CYCLE_ONE`.
@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn requests_while_pending_change_nothing() {
         // The mark is a flag, not a count: any number of requests between
-        // two cycles are one pending mark (INV-7's "one follow-up").
+        // two cycles are one pending bit (INV-7's "one follow-up").
         let pending = request(begin(FRESH));
         assert_eq!(request(pending), pending);
         assert_eq!(request(FRESH), FRESH);

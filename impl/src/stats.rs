@@ -32,7 +32,7 @@ pub struct Stats {
 ///
 /// ORDERING: every operation here is `Relaxed` and pairs with nothing — the
 /// counters are observation-only and order no other memory. They are plain
-/// `std` atomics even under loom (see `sync.rs`).
+/// `std` atomics even under loom (see `sync`).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) started: StatCounter,
