@@ -13,11 +13,9 @@ export RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom
 log=target/orderings
 mkdir -p "$log"
 
-if ! git diff --quiet -- impl/src; then
-  echo "impl/src has uncommitted changes; commit or stash them first" >&2
-  exit 2
-fi
-trap 'git checkout -q -- impl/src' EXIT
+# shellcheck source=scripts/edit-lib.sh
+. scripts/edit-lib.sh
+require_clean_impl
 
 # id | file | exact text | weakened text
 weakenings=$(cat <<'LIST'
@@ -41,32 +39,12 @@ aborted-acquire-relaxed|impl/src/driver/loom_tasks.rs|self.aborted.load(Ordering
 LIST
 )
 
-apply() { # file old new: replace exactly one occurrence or fail
-  python3 - "$@" <<'PY'
-import sys
-path, old, new = sys.argv[1], sys.argv[2].replace('\\n', '\n'), sys.argv[3].replace('\\n', '\n')
-text = open(path).read()
-n = text.count(old)
-if n != 1:
-    sys.exit(f"{path}: expected the text once, found it {n} times: {old!r}")
-open(path, 'w').write(text.replace(old, new))
-PY
-}
-
-# The first failure in a loom log: the model and what it reported.
 # The loom suite: the slot models inside the crate, then the public-API
 # models in loom-tests (cargo's --lib would apply to both packages at once).
 suite() {
   cargo test --release -p coalescer --lib "$@" && cargo test --release -p coalescer-loom-tests "$@"
 }
 
-verdict() {
-  local f=$1
-  local model msg
-  model=$(grep -m1 -oE "^thread '[^']+'" "$f" | sed "s/^thread '//;s/'$//" || true)
-  msg=$(grep -m1 -A1 -E "^thread '[^']+' .*panicked" "$f" | tail -n1 | cut -c1-140 || true)
-  echo "\`$model\`: $msg"
-}
 
 # Every weakening must still name text that occurs exactly once: an entry
 # that the code has moved away from would otherwise fail midway, or not at all.
@@ -88,9 +66,9 @@ while IFS='|' read -r id file old new; do
   suite --no-run >"$log/$id.build" 2>&1 \
     || { echo "| $id | build failed | | see $log/$id.build |"; continue; }
   if ! COALESCER_LOOM_SCREEN=$SCREEN suite -- --nocapture >"$log/$id.screen" 2>&1; then
-    echo "| $id | **caught** | not needed | $(verdict "$log/$id.screen") |"
+    echo "| $id | **caught** | not needed | $(first_failure "$log/$id.screen") |"
   elif ! suite -- --nocapture >"$log/$id.full" 2>&1; then
-    echo "| $id | passed | **caught** | $(verdict "$log/$id.full") |"
+    echo "| $id | passed | **caught** | $(first_failure "$log/$id.full") |"
   else
     echo "| $id | passed | passed | not caught |"
   fi
