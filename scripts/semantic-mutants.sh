@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCREEN=${SCREEN:-3}
-TIMEOUT=${TIMEOUT:-600}
+TIMEOUT=${TIMEOUT:-300}
 log=target/semantic-mutants
 mkdir -p "$log"
 
@@ -36,6 +36,7 @@ unwatch-drops-mark|impl/src/slot.rs|        let _ = self.reassert(&next, mark);\
 reclaim-by-hash-alone|impl/src/registry.rs|map.find_entry(hash, \|e\| Arc::ptr_eq(&e.slot, slot))|map.find_entry(hash, \|_\| true)|reclamation removes whatever slot has the hash: a dead slot's live replacement, or another key's (INV-1, INV-6)
 close-without-barrier|impl/src/registry.rs|        for shard in self.shards.iter() {\n            drop(shard.write());\n        }|        let _ = &self.shards;|close returns while an admission that missed the flag is still registering (INV-5)
 launch-ignored|impl/src/runner.rs|    if launch.settle() {\n        Ok(())\n    } else {\n        Err(StartError::Gone)\n    }|    let _ = launch.settle();\n    Ok(())|a runner a shut-down runtime dropped unrun is taken as started: its request is accepted and never run
+guard-abandons-inside-spawn|impl/src/runner.rs|        if !self.armed \|\| !(self.polled \|\| self.launch.dropped_after_launch()) {|        if !self.armed {|a runner dropped unrun inside a refused spawn abandons its slot: it takes the shard lock its spawner holds (a deadlock)
 waiter-outside-lock|impl/src/slot.rs|    pub(crate) fn request_and_register(&self) -> Option<Arc<Completion>> {\n        let mut next = self.next.lock();\n        match self.request() {|    pub(crate) fn request_and_register(&self) -> Option<Arc<Completion>> {\n        let requested = self.request();\n        let mut next = self.next.lock();\n        match requested {|a waiter registers for "the next cycle" apart from its request: it may wait for the wrong cycle (INV-2)
 LIST
 )
