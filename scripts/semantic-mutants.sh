@@ -74,7 +74,8 @@ while IFS= read -r line; do
     "$suite" >"$log/$id.$suite" 2>&1 || rc=$?
     if [ "$rc" = 124 ]; then caught="$suite (hang past ${TIMEOUT} s)"; break; fi
     if [ "$rc" != 0 ]; then
-      if grep -qE "^error(\[E[0-9]+\])?:" "$log/$id.$suite"; then
+      # cargo's own "error: test failed" is a catch; only a build error is not.
+      if grep -qE "^error\[E[0-9]+\]|^error: could not compile" "$log/$id.$suite"; then
         caught="does not compile"; break
       fi
       caught="$suite"; break
