@@ -188,8 +188,8 @@ fn spawn_runner(
     thread::spawn(move || run_until_idle(&slot, &env, hold))
 }
 
-/// Spawns the runner of `slot`, its first cycle held until the test opens
-/// `release` (`started` opens when it is held).
+/// Spawns the runner of `slot`, its first cycle held until the test
+/// releases it.
 fn spawn_held_runner(slot: &Arc<Slot>, env: &Arc<Env>) -> (thread::JoinHandle<usize>, Arc<Held>) {
     let held = Arc::new(Held::default());
     let hold = Arc::clone(&held);
@@ -325,9 +325,9 @@ fn inv2_slot_a_mark_taken_back_with_an_accepted_request_in_it_is_not_lost() {
             let env = Env::new(2);
             let (slot, marks) = slot_with_marks(1);
             let (runner, held) = spawn_held_runner(&slot, &env);
-            held.started.wait();
+            held.wait_started();
             assert_eq!(env.marked(0, &slot, &marks[0]), MarkedRequest::Covered);
-            held.release.open();
+            held.release();
             env.marked(1, &slot, &marks[0]);
             let cycles = runner.join().unwrap();
             assert_eq!(env.check(), cycles);
@@ -345,9 +345,9 @@ fn inv2_inv4_slot_a_mark_unregistered_before_its_runner_saw_it_is_not_lost() {
         let env = Env::new(1);
         let (slot, marks) = slot_with_marks(1);
         let (runner, held) = spawn_held_runner(&slot, &env);
-        held.started.wait();
+        held.wait_started();
         assert_eq!(env.marked(0, &slot, &marks[0]), MarkedRequest::Covered);
-        held.release.open();
+        held.release();
         slot.unwatch(&marks[0]);
         let cycles = runner.join().unwrap();
         assert_eq!(env.check(), cycles);

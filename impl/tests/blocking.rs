@@ -1,46 +1,39 @@
 //! Ordinary tests of the blocking front end (compiled out under loom).
 //!
 //! No test measures time: cycles that must be "running" or "blocked" are
-//! held by channels the test controls, and quiescence is `shutdown`.
+//! held by the shared `Held` fixture (or a channel) the test controls, and
+//! quiescence is `shutdown`.
 #![cfg(not(loom))]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::channel;
 use std::sync::{Arc, Barrier, Mutex};
 
 use coalescer::blocking::Coalescer;
 use coalescer::{Admission, Closed, RunError};
 
 mod common;
+use coalescer_fixtures::Held;
 use common::{quiet_injected_panics, PanicsWhenDropped, INJECTED};
 
-/// A cycle that tells the test when it starts and waits for the test to
-/// release it, so a test can hold a cycle "running" without sleeping.
-struct Held {
-    started: Receiver<u32>,
-    release: Sender<()>,
-}
-
 /// Makes a cycle function counting into `count`; cycles numbered in
-/// `held` (1-based) announce themselves and block until released.
+/// `held` (1-based) announce themselves and block until released (through
+/// the returned `Held`).
 fn held_cycle(
     count: &Arc<AtomicU32>,
     held: &'static [u32],
-) -> (impl Fn(&u32) + Send + Sync + 'static, Held) {
-    let (started_tx, started) = channel();
-    let (release, release_rx) = channel::<()>();
-    let started_tx = Mutex::new(started_tx);
-    let release_rx = Mutex::new(release_rx);
+) -> (impl Fn(&u32) + Send + Sync + 'static, Arc<Held>) {
+    let hold = Arc::new(Held::default());
+    let holding = Arc::clone(&hold);
     let count = Arc::clone(count);
     let cycle = move |_: &u32| {
         let n = count.fetch_add(1, SeqCst) + 1;
         if held.contains(&n) {
-            started_tx.lock().unwrap().send(n).unwrap();
-            release_rx.lock().unwrap().recv().unwrap();
+            holding.hold();
         }
     };
-    (cycle, Held { started, release })
+    (cycle, hold)
 }
 
 #[test]
@@ -63,11 +56,11 @@ fn five_requests_during_a_blocked_cycle_make_exactly_two_cycles() {
     let (cycle, held) = held_cycle(&count, &[1]);
     let c = Coalescer::new(cycle);
     assert_eq!(c.request(7), Ok(Admission::Started));
-    assert_eq!(held.started.recv().unwrap(), 1);
+    assert_eq!(held.wait_started(), 1);
     for _ in 0..5 {
         assert_eq!(c.request(7), Ok(Admission::Coalesced));
     }
-    held.release.send(()).unwrap();
+    held.release();
     c.shutdown();
     assert_eq!(count.load(SeqCst), 2);
     let stats = c.stats();
@@ -95,23 +88,21 @@ fn sequential_request_and_wait_run_one_cycle_each() {
 fn a_request_during_a_cycle_is_picked_up_by_a_later_cycle() {
     let seen = Arc::new(AtomicU64::new(0));
     let version = Arc::new(AtomicU64::new(0));
-    let (started_tx, started) = channel::<()>();
-    let (release, release_rx) = channel::<()>();
-    let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+    let held = Arc::new(Held::default());
+    let holding = Arc::clone(&held);
     let (seen2, version2) = (Arc::clone(&seen), Arc::clone(&version));
     let first = AtomicBool::new(true);
     let c = Coalescer::new(move |_: &u32| {
         seen2.store(version2.load(SeqCst), SeqCst);
         if first.swap(false, SeqCst) {
-            started_tx.lock().unwrap().send(()).unwrap();
-            release_rx.lock().unwrap().recv().unwrap();
+            holding.hold();
         }
     });
     c.request(1).unwrap();
-    started.recv().unwrap();
+    held.wait_started();
     version.store(42, SeqCst); // written while cycle 1 runs, after it read
     assert_eq!(c.request(1), Ok(Admission::Coalesced));
-    release.send(()).unwrap();
+    held.release();
     c.shutdown();
     assert_eq!(seen.load(SeqCst), 42);
     assert_eq!(c.stats().cycles, 2);
@@ -231,23 +222,21 @@ fn a_panicking_hook_is_contained() {
 #[test]
 fn shutdown_waits_for_a_blocked_then_panicking_cycle() {
     quiet_injected_panics();
-    let (started_tx, started) = channel::<()>();
-    let (release, release_rx) = channel::<()>();
-    let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+    let held = Arc::new(Held::default());
+    let holding = Arc::clone(&held);
     let finished = Arc::new(AtomicBool::new(false));
     let finished2 = Arc::clone(&finished);
     let c = Arc::new(
         Coalescer::builder()
             .panic_hook(|_| {})
             .build(move |_: &u32| {
-                started_tx.lock().unwrap().send(()).unwrap();
-                release_rx.lock().unwrap().recv().unwrap();
+                holding.hold();
                 finished2.store(true, SeqCst);
                 std::panic::panic_any(INJECTED);
             }),
     );
     c.request(1).unwrap();
-    started.recv().unwrap();
+    held.wait_started();
     let shutting = {
         let c = Arc::clone(&c);
         std::thread::spawn(move || {
@@ -256,7 +245,7 @@ fn shutdown_waits_for_a_blocked_then_panicking_cycle() {
     };
     // Shutdown cannot return while the cycle is held; release it so it
     // panics, then shutdown must have waited for that.
-    release.send(()).unwrap();
+    held.release();
     shutting.join().unwrap();
     assert!(finished.load(SeqCst));
     assert_eq!(c.stats().panics, 1);
@@ -307,27 +296,25 @@ fn keys_whose_hashes_collide_stay_separate() {
     // wrongly, would fold key 2's request into key 1's slot: `Coalesced`, and
     // no cycle would ever run for key 2.
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let (started, started_rx) = channel::<()>();
-    let (release, release_rx) = channel::<()>();
-    let (started, release_rx) = (Mutex::new(started), Mutex::new(release_rx));
+    let held = Arc::new(Held::default());
+    let holding = Arc::clone(&held);
     let record = Arc::clone(&seen);
     let c = Coalescer::builder()
         .hasher(Colliding)
         .build(move |key: &u32| {
             record.lock().unwrap().push(*key);
             if *key == 1 {
-                started.lock().unwrap().send(()).unwrap();
-                release_rx.lock().unwrap().recv().unwrap();
+                holding.hold();
             }
         });
     let first = c.request(1);
-    started_rx.recv().unwrap();
+    held.wait_started();
     let other = c.request(2);
     let again = c.request(1);
     // Release key 1's cycle and its follow-up before asserting: a failed
     // assertion must fail the test, not hang it in `Drop`'s drain.
-    release.send(()).unwrap();
-    release.send(()).unwrap();
+    held.release();
+    held.release();
     c.shutdown();
     assert_eq!(
         (first, other, again),
@@ -392,23 +379,21 @@ fn drop_without_shutdown_waits_for_the_running_cycle() {
 fn a_request_during_a_panicking_cycle_gets_its_follow_up() {
     quiet_injected_panics();
     let count = Arc::new(AtomicU32::new(0));
-    let (started_tx, started) = channel::<()>();
-    let (release, release_rx) = channel::<()>();
-    let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+    let held = Arc::new(Held::default());
+    let holding = Arc::clone(&held);
     let counted = Arc::clone(&count);
     let c = Coalescer::builder()
         .panic_hook(|_| {})
         .build(move |_: &u32| {
             if counted.fetch_add(1, SeqCst) == 0 {
-                started_tx.lock().unwrap().send(()).unwrap();
-                release_rx.lock().unwrap().recv().unwrap();
+                holding.hold();
                 std::panic::panic_any(INJECTED);
             }
         });
     c.request(1).unwrap();
-    started.recv().unwrap();
+    held.wait_started();
     assert_eq!(c.request(1), Ok(Admission::Coalesced));
-    release.send(()).unwrap();
+    held.release();
     c.shutdown();
     assert_eq!(count.load(SeqCst), 2, "the follow-up did not run");
     let stats = c.stats();
@@ -532,23 +517,20 @@ fn concurrent_requests_never_lose_the_last_write_and_never_overlap() {
 /// cycle, and announce each start.
 fn blocking_key() -> (
     impl Fn(&u32) + Send + Sync + 'static,
-    Receiver<()>,
-    Sender<()>,
+    Arc<Held>,
     Arc<AtomicU32>,
 ) {
-    let (started_tx, started) = channel::<()>();
-    let (release, release_rx) = channel::<()>();
-    let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+    let held = Arc::new(Held::default());
+    let holding = Arc::clone(&held);
     let cycles = Arc::new(AtomicU32::new(0));
     let counted = Arc::clone(&cycles);
     let cycle = move |key: &u32| {
         if *key == 1 {
             counted.fetch_add(1, SeqCst);
-            started_tx.lock().unwrap().send(()).unwrap();
-            release_rx.lock().unwrap().recv().unwrap();
+            holding.hold();
         }
     };
-    (cycle, started, release, cycles)
+    (cycle, held, cycles)
 }
 
 /// A thread that requests one key again and again goes through its memo and
@@ -557,16 +539,16 @@ fn blocking_key() -> (
 /// the next request starts a runner again (the memo's slot is dead).
 #[test]
 fn repeated_requests_through_the_memo_coalesce_and_count() {
-    let (cycle, started, release, cycles) = blocking_key();
+    let (cycle, held, cycles) = blocking_key();
     let c = Coalescer::new(cycle);
     assert_eq!(c.request(1), Ok(Admission::Started));
-    started.recv().unwrap();
+    held.wait_started();
     for _ in 0..1000 {
         assert_eq!(c.request(1), Ok(Admission::Coalesced));
     }
-    release.send(()).unwrap();
-    started.recv().unwrap();
-    release.send(()).unwrap();
+    held.release();
+    held.wait_started();
+    held.release();
     // Quiescent: wait for the key to go idle without `shutdown`.
     while c.active_keys() != 0 {
         std::thread::yield_now();
@@ -582,8 +564,8 @@ fn repeated_requests_through_the_memo_coalesce_and_count() {
         Ok(Admission::Started),
         "the memo's slot is dead"
     );
-    started.recv().unwrap();
-    release.send(()).unwrap();
+    held.wait_started();
+    held.release();
     c.shutdown();
     assert_eq!(cycles.load(SeqCst), 3);
 }
@@ -594,10 +576,10 @@ fn repeated_requests_through_the_memo_coalesce_and_count() {
 /// held, so `shutdown` is still draining).
 #[test]
 fn a_request_through_the_memo_after_close_began_is_rejected() {
-    let (cycle, started, release, _) = blocking_key();
+    let (cycle, held, _) = blocking_key();
     let c = Arc::new(Coalescer::new(cycle));
     assert_eq!(c.request(1), Ok(Admission::Started));
-    started.recv().unwrap();
+    held.wait_started();
     assert_eq!(c.request(1), Ok(Admission::Coalesced));
     assert_eq!(c.request(1), Ok(Admission::Coalesced), "through the memo");
     let shutting = {
@@ -617,9 +599,9 @@ fn a_request_through_the_memo_after_close_began_is_rejected() {
     };
     closed.join().unwrap();
     let after_close = c.request(1);
-    release.send(()).unwrap();
-    started.recv().unwrap();
-    release.send(()).unwrap();
+    held.release();
+    held.wait_started();
+    held.release();
     shutting.join().unwrap();
     assert_eq!(after_close, Err(Closed));
 }
@@ -714,10 +696,10 @@ fn a_repeated_key_is_hashed_only_until_the_memo_holds_it() {
 /// and exactly one follow-up covers them (INV-2, INV-7).
 #[test]
 fn two_marked_requests_during_one_cycle_get_one_follow_up() {
-    let (cycle, started, release, cycles) = blocking_key();
+    let (cycle, held, cycles) = blocking_key();
     let c = Arc::new(Coalescer::new(cycle));
     assert_eq!(c.request(1), Ok(Admission::Started));
-    started.recv().unwrap();
+    held.wait_started();
     // Each thread requests twice while cycle 1 is held: the repeat makes its
     // memo (and sets `PENDING`: cycle 2 follows).
     let barrier = Arc::new(Barrier::new(3));
@@ -734,8 +716,8 @@ fn two_marked_requests_during_one_cycle_get_one_follow_up() {
         })
         .collect();
     barrier.wait();
-    release.send(()).unwrap();
-    started.recv().unwrap();
+    held.release();
+    held.wait_started();
     barrier.wait();
     for t in threads {
         t.join().unwrap();
@@ -743,8 +725,8 @@ fn two_marked_requests_during_one_cycle_get_one_follow_up() {
     // Cycle 2 ends with two marks set and no `PENDING`; cycle 3, if it
     // comes, finds its release already sent (no wait on a cycle that a bug
     // would never start).
-    release.send(()).unwrap();
-    release.send(()).unwrap();
+    held.release();
+    held.release();
     c.shutdown();
     assert_eq!(
         cycles.load(SeqCst),
