@@ -68,6 +68,8 @@ impl Env {
 
     /// Request `i` through `mark`: its flag, then the request.
     fn marked(&self, i: usize, slot: &Slot, mark: &Mark) -> MarkedRequest {
+        // ORDERING: Relaxed on purpose, paired with nothing: only the edge
+        // the slot provides may carry it to the cycle's load (INV-4).
         self.written[i].store(true, Relaxed);
         let r = slot.request_marked(mark);
         self.record(Event::Returned(i, r == MarkedRequest::Covered));
@@ -76,6 +78,7 @@ impl Env {
 
     /// Request `i` as a plain request (`fetch_or`).
     fn plain(&self, i: usize, slot: &Slot) -> Requested {
+        // ORDERING: Relaxed on purpose, as in `marked`.
         self.written[i].store(true, Relaxed);
         let r = slot.request();
         self.record(Event::Returned(i, matches!(r, Requested::Coalesced { .. })));
@@ -87,6 +90,9 @@ impl Env {
     /// and records what it sees of the flags.
     fn cycle(&self, n: usize) {
         use std::sync::atomic::Ordering::SeqCst;
+        // ORDERING: SeqCst on a `std` atomic loom does not see: a real-time
+        // count (loom runs one thread at a time), paired with the
+        // `fetch_sub` below.
         assert_eq!(
             self.running.fetch_add(1, SeqCst),
             0,
@@ -99,14 +105,19 @@ impl Env {
             .iter()
             .filter(|e| matches!(e, Event::Ran(..)))
             .count();
+        // ORDERING: Relaxed on purpose, paired with nothing: only the
+        // coalescer's edges make the previous cycle's store visible (INV-1).
         assert_eq!(
             self.ended.load(Relaxed),
             before,
             "a cycle does not happen-after the cycle before it"
         );
+        // ORDERING: Relaxed on purpose (see `marked`).
         let seen = self.written.iter().map(|w| w.load(Relaxed)).collect();
         self.record(Event::Ran(n, seen));
+        // ORDERING: Relaxed, read by the next cycle's load above.
         self.ended.store(before + 1, Relaxed);
+        // ORDERING: SeqCst, paired with the `fetch_add` above.
         self.running.fetch_sub(1, SeqCst);
     }
 
@@ -369,6 +380,7 @@ fn admit(
     runners: &Arc<StdMutex<Vec<thread::JoinHandle<usize>>>>,
     i: usize,
 ) {
+    // ORDERING: Relaxed on purpose (see `Env::marked`).
     env.written[i].store(true, Relaxed);
     match map.admit::<crate::shell::Plain>(0) {
         Ok(crate::registry::Admitted::Joined(())) => {}
