@@ -11,10 +11,9 @@
 //! coalescer, never per request.
 #![cfg(not(loom))]
 
-use std::sync::mpsc::channel;
-use std::sync::Mutex;
+use std::sync::Arc;
 
-use coalescer_fixtures::CountingAllocator;
+use coalescer_fixtures::{CountingAllocator, Held};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator::new();
@@ -24,22 +23,12 @@ fn allocations_of(f: impl FnOnce()) -> u64 {
     ALLOCATOR.allocations_on_this_thread(f)
 }
 
-/// A blocking coalescer whose cycles announce themselves on the returned
-/// receiver and then block until the returned sender is dropped.
-fn held_blocking() -> (
-    coalescer::blocking::Coalescer<u64>,
-    std::sync::mpsc::Sender<()>,
-    std::sync::mpsc::Receiver<()>,
-) {
-    let (release, held) = channel::<()>();
-    let held = Mutex::new(held);
-    let (started_tx, started) = channel::<()>();
-    let started_tx = Mutex::new(started_tx);
-    let c = coalescer::blocking::Coalescer::new(move |_: &u64| {
-        started_tx.lock().unwrap().send(()).unwrap();
-        let _ = held.lock().unwrap().recv();
-    });
-    (c, release, started)
+/// A blocking coalescer whose cycles are held (`Held`) until released.
+fn held_blocking() -> (coalescer::blocking::Coalescer<u64>, Arc<Held>) {
+    let held = Arc::new(Held::default());
+    let holding = Arc::clone(&held);
+    let c = coalescer::blocking::Coalescer::new(move |_: &u64| holding.hold());
+    (c, held)
 }
 
 /// Two coalesced requests: the thread's memo for this coalescer is made.
@@ -50,17 +39,17 @@ fn warm_up<T>(mut request: impl FnMut() -> T) {
 
 #[test]
 fn the_coalesced_path_allocates_nothing() {
-    // Blocking: a key held running by a cycle blocked on a channel.
-    let (c, release, started) = held_blocking();
+    // Blocking: a key held running by a held cycle.
+    let (c, held) = held_blocking();
     c.request(0).unwrap();
-    started.recv().unwrap();
+    held.wait_started();
     warm_up(|| c.request(0).unwrap());
     let blocking = allocations_of(|| {
         for _ in 0..100_000 {
             c.request(0).unwrap();
         }
     });
-    drop(release);
+    held.release_all();
     c.shutdown();
 
     // Async: the same on a held async cycle, requests from a plain thread.
@@ -98,10 +87,10 @@ fn the_coalesced_path_allocates_nothing() {
 /// fresh mark per move would allocate on every move.)
 #[test]
 fn a_memo_moving_between_keys_allocates_nothing() {
-    let (c, release, started) = held_blocking();
+    let (c, held) = held_blocking();
     for key in [0, 1] {
         c.request(key).unwrap();
-        started.recv().unwrap();
+        held.wait_started();
     }
     let round = || {
         for key in [0, 1] {
@@ -116,7 +105,7 @@ fn a_memo_moving_between_keys_allocates_nothing() {
             round();
         }
     });
-    drop(release);
+    held.release_all();
     c.shutdown();
     assert_eq!(moving, 0, "allocations while the memo moves between keys");
 }
