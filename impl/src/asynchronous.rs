@@ -72,16 +72,15 @@ impl<K, S> Builder<K, S> {
     ///
     /// Without [`handle`](Self::handle), if called outside a tokio runtime
     /// (as `tokio::spawn` would).
-    pub fn build<F, Fut>(mut self, cycle: F) -> Coalescer<K, S>
+    pub fn build<F, Fut>(self, cycle: F) -> Coalescer<K, S>
     where
         K: Hash + Eq + Clone + Send + Sync + 'static,
         S: BuildHasher + Send + Sync + 'static,
         F: Fn(K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let driver = Tasks::new(std::mem::take(&mut self.driver), self.interval());
         self.finish(
-            driver,
+            Tasks::new,
             Box::new(move |key: &K| Box::pin(cycle(key.clone()))),
         )
     }

@@ -48,16 +48,15 @@ shell::front_end!(Coalescer, Builder);
 impl<K, S> Builder<K, S> {
     /// Builds the coalescer; `cycle` is run for a key each time a cycle of
     /// that key begins.
-    pub fn build<F>(mut self, cycle: F) -> Coalescer<K, S>
+    pub fn build<F>(self, cycle: F) -> Coalescer<K, S>
     where
         K: Hash + Eq + Clone + Send + Sync + 'static,
         S: BuildHasher + Send + Sync + 'static,
         F: Fn(&K) + Send + Sync + 'static,
     {
-        let driver = Threads::new(std::mem::take(&mut self.driver), self.interval());
         // The cycle runs inside the call; its future is ready at once.
         self.finish(
-            driver,
+            Threads::new,
             Box::new(move |key: &K| {
                 cycle(key);
                 Box::pin(std::future::ready(()))

@@ -84,7 +84,8 @@ pub(crate) struct Registry<K, S> {
     id: u64,
     /// Every memo's count of requests folded through it (see `Stats`);
     /// pushed to when a thread's memo is created, read by `coalesced_count`.
-    /// A `std` mutex even under loom: observation only (see `sync`).
+    /// A `std` mutex even under loom: observation only, like the counters
+    /// it holds (see `sync`'s module doc).
     memo_counts: std::sync::Mutex<Vec<MemoCounter>>,
     /// Each thread's [`Memo`]; dropped with the registry.
     memos: PerThread,
@@ -472,7 +473,8 @@ impl<K, S> Registry<K, S> {
         by_map + by_memo
     }
 
-    /// The list of memo counters, locked (poison ignored, as in `sync::lock`).
+    /// The list of memo counters, locked (poison ignored, as the `sync`
+    /// locks do).
     fn memo_counts(&self) -> std::sync::MutexGuard<'_, Vec<MemoCounter>> {
         self.memo_counts
             .lock()

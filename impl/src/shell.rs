@@ -31,12 +31,12 @@ pub struct Coalescer<K, S, D: Driver> {
 /// A builder on driver `D`; used as [`crate::Builder`] and
 /// [`crate::blocking::Builder`].
 pub struct Builder<K, S, D: Driver> {
-    hook: PanicHook<K>,
-    hasher: S,
-    shards: usize,
+    pub(crate) hook: PanicHook<K>,
+    pub(crate) hasher: S,
+    pub(crate) shards: usize,
     /// A key's follow-up cycle begins no earlier than this after the
     /// previous cycle of that key began. Zero: no pacing.
-    min_interval: Duration,
+    pub(crate) min_interval: Duration,
     /// The driver's own options.
     pub(crate) driver: D::Config,
 }
@@ -60,42 +60,18 @@ fn default_shards() -> usize {
 }
 
 impl<K, S, D: Driver> Builder<K, S, D> {
-    pub(crate) fn with_hook(mut self, hook: PanicHook<K>) -> Self {
-        self.hook = hook;
-        self
-    }
-
-    pub(crate) fn with_hasher<S2>(self, hasher: S2) -> Builder<K, S2, D> {
-        Builder {
-            hook: self.hook,
-            hasher,
-            shards: self.shards,
-            min_interval: self.min_interval,
-            driver: self.driver,
-        }
-    }
-
-    pub(crate) fn with_shards(mut self, shards: usize) -> Self {
-        self.shards = shards;
-        self
-    }
-
-    pub(crate) fn with_min_interval(mut self, min_interval: Duration) -> Self {
-        self.min_interval = min_interval;
-        self
-    }
-
-    /// The driver's pacing interval, for the front end's `build`.
-    pub(crate) fn interval(&self) -> Duration {
-        self.min_interval
-    }
-
-    /// The coalescer on `driver`, running `cycle`.
-    pub(crate) fn finish(self, driver: D, cycle: CycleFn<K>) -> Coalescer<K, S, D>
+    /// The coalescer running `cycle` on the driver `driver` makes from the
+    /// builder's driver options and pacing interval.
+    pub(crate) fn finish(
+        self,
+        driver: impl FnOnce(D::Config, Duration) -> D,
+        cycle: CycleFn<K>,
+    ) -> Coalescer<K, S, D>
     where
         K: Hash + Eq,
         S: BuildHasher,
     {
+        let driver = driver(self.driver, self.min_interval);
         Coalescer {
             shared: Arc::new(Shared {
                 registry: Registry::new(self.shards, self.hasher),
@@ -124,7 +100,7 @@ impl<K, S: fmt::Debug, D: Driver> fmt::Debug for Builder<K, S, D> {
 /// `asynchronous.rs` and in `blocking.rs`, naming that module's aliases):
 /// rustdoc shows on a type alias's page only the impls written for the
 /// alias itself, so the shared verbs are impls of each alias, not of the
-/// generic type. Each body is one line into the generic code.
+/// generic type.
 macro_rules! front_end {
     ($coalescer:ident, $builder:ident) => {
         impl<K, S> $coalescer<K, S>
@@ -205,25 +181,33 @@ macro_rules! front_end {
             /// discarded.
             #[must_use]
             pub fn panic_hook(
-                self,
+                mut self,
                 hook: impl Fn(&$crate::PanicReport<'_, K>) + Send + Sync + 'static,
             ) -> Self {
-                self.with_hook(Box::new(hook))
+                self.hook = Box::new(hook);
+                self
             }
 
             /// Replaces the hasher that places keys in the map (the
             /// default, `RandomState`, resists hash flooding).
             #[must_use]
             pub fn hasher<S2: ::std::hash::BuildHasher>(self, hasher: S2) -> $builder<K, S2> {
-                self.with_hasher(hasher)
+                $crate::shell::Builder {
+                    hook: self.hook,
+                    hasher,
+                    shards: self.shards,
+                    min_interval: self.min_interval,
+                    driver: self.driver,
+                }
             }
 
             /// Sets the number of map shards (rounded up to a power of two,
             /// at least 1, at most 65 536). More shards mean fewer requests
             /// contending on one lock when keys become active or idle.
             #[must_use]
-            pub fn shards(self, shards: usize) -> Self {
-                self.with_shards(shards)
+            pub fn shards(mut self, shards: usize) -> Self {
+                self.shards = shards;
+                self
             }
 
             /// Paces each key: a follow-up cycle of a key begins no earlier
@@ -240,8 +224,9 @@ macro_rules! front_end {
             /// the interval is ignored and `build` logs an error event
             /// (target `coalescer`).
             #[must_use]
-            pub fn min_interval(self, min_interval: ::std::time::Duration) -> Self {
-                self.with_min_interval(min_interval)
+            pub fn min_interval(mut self, min_interval: ::std::time::Duration) -> Self {
+                self.min_interval = min_interval;
+                self
             }
         }
     };
