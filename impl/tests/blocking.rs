@@ -513,6 +513,47 @@ fn concurrent_requests_never_lose_the_last_write_and_never_overlap() {
     assert_eq!(c.active_keys(), 0);
 }
 
+/// INV-7 with several live marking threads: each of N threads requests one
+/// key 50 times during one held cycle (from its second request on, through
+/// its memo and its own mark) and stays alive until the key is idle again,
+/// so no mark is handed back as a plain request when a thread exits. Every
+/// one of those requests is covered by the one follow-up; a cycle that
+/// left any mark set would run a third cycle that covers nothing.
+#[test]
+fn live_threads_repeating_requests_during_one_held_cycle_get_exactly_one_follow_up() {
+    for threads in [2, 3, 4] {
+        let (cycle, held, cycles) = blocking_key();
+        let c = Coalescer::new(cycle);
+        assert_eq!(c.request(1), Ok(Admission::Started));
+        held.wait_started();
+        let (requested, idle) = (Barrier::new(threads + 1), Barrier::new(threads + 1));
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        assert_eq!(c.request(1), Ok(Admission::Coalesced));
+                    }
+                    requested.wait();
+                    idle.wait(); // alive, memo and mark kept, until the key is idle
+                });
+            }
+            requested.wait();
+            held.release_all();
+            while c.active_keys() != 0 {
+                std::thread::yield_now();
+            }
+            idle.wait();
+        });
+        c.shutdown();
+        assert_eq!(
+            cycles.load(SeqCst),
+            2,
+            "{threads} live threads: one follow-up for all their requests"
+        );
+        assert_eq!(c.stats().requests, 1 + 50 * threads as u64);
+    }
+}
+
 /// A key whose cycles block until the test releases them, one release per
 /// cycle, and announce each start.
 fn blocking_key() -> (

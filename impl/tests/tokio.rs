@@ -59,6 +59,7 @@ on_both_runtimes!(
     request_from_a_thread_outside_the_runtime_works,
     ten_thousand_distinct_keys_leave_no_active_key,
     concurrent_requests_never_lose_the_last_write_and_never_overlap,
+    live_threads_repeating_requests_during_one_held_cycle_get_exactly_one_follow_up,
 );
 
 #[test]
@@ -424,6 +425,55 @@ async fn request_from_a_thread_outside_the_runtime_works() {
     .unwrap();
     c.shutdown().await;
     assert_eq!(count.load(SeqCst), 10);
+}
+
+/// INV-7 with several live marking threads, on the async front end: each
+/// of N threads outside the runtime requests one key 50 times during its
+/// held first cycle (from the second request on, through its memo and its
+/// own mark) and stays alive until the key is idle again. One follow-up
+/// covers them all; a mark left set would run a third cycle.
+async fn live_threads_repeating_requests_during_one_held_cycle_get_exactly_one_follow_up() {
+    for threads in [2, 3, 4] {
+        let count = Arc::new(AtomicU32::new(0));
+        let (cycle, mut started, release) = held_first_cycle(&count);
+        let c = Arc::new(Coalescer::new(cycle));
+        assert_eq!(c.request(1), Ok(Admission::Started));
+        started.recv().await.unwrap();
+        let (requested, idle) = (
+            std::sync::mpsc::channel(),
+            Arc::new(std::sync::Barrier::new(threads + 1)),
+        );
+        let requesters: Vec<_> = (0..threads)
+            .map(|_| {
+                let (c, requested, idle) = (Arc::clone(&c), requested.0.clone(), Arc::clone(&idle));
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        assert_eq!(c.request(1), Ok(Admission::Coalesced));
+                    }
+                    requested.send(()).unwrap();
+                    idle.wait(); // alive, memo and mark kept, until the key is idle
+                })
+            })
+            .collect();
+        for _ in 0..threads {
+            requested.1.recv().unwrap();
+        }
+        release.notify_one();
+        while c.active_keys() != 0 {
+            tokio::task::yield_now().await;
+        }
+        idle.wait();
+        for t in requesters {
+            t.join().unwrap();
+        }
+        c.shutdown().await;
+        assert_eq!(
+            count.load(SeqCst),
+            2,
+            "{threads} live threads: one follow-up for all their requests"
+        );
+        assert_eq!(c.stats().requests, 1 + 50 * threads as u64);
+    }
 }
 
 async fn ten_thousand_distinct_keys_leave_no_active_key() {

@@ -365,6 +365,52 @@ fn gated(env: &Arc<Env>) -> (Arc<Blocking>, Arc<Gate>, Arc<Gate>) {
     (c, started, release)
 }
 
+/// INV-7 with two live marking threads, checked by the history oracle's
+/// exact rule: while cycle 0 is held, another thread and then this one make
+/// their requests for key 0 (in each, the second request makes the
+/// thread's memo, the third goes through its mark; this thread's first
+/// started the runner), and both threads are still alive when the
+/// runner's follow-up begins and when it goes idle — so neither mark comes
+/// back as a plain request from a thread that exits. The follow-up's
+/// `begin` must consume both marks: every request returned before cycle 0
+/// ended, so a third cycle would cover none of them.
+#[test]
+fn inv2_inv7_two_live_marking_threads_during_one_cycle_get_exactly_one_follow_up() {
+    check("two_live_marking_threads_during_one_cycle", || {
+        let env = Env::new(2);
+        let (c, started, release) = gated(&env);
+        let (marked, done) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+        let other = {
+            let (c, env, started) = (Arc::clone(&c), Arc::clone(&env), Arc::clone(&started));
+            let (marked, done) = (Arc::clone(&marked), Arc::clone(&done));
+            thread::spawn(move || {
+                started.wait();
+                env.write(1);
+                for _ in 0..3 {
+                    assert_eq!(c.request(0), Ok(Admission::Coalesced));
+                }
+                marked.open();
+                done.wait(); // alive, memo and mark kept, through the drain
+            })
+        };
+        // The two threads' requests one after the other (the other's first):
+        // the race under test is the runner's, not the requesters'.
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        marked.wait();
+        env.write(0);
+        assert_eq!(c.request(0), Ok(Admission::Coalesced), "makes the memo");
+        assert_eq!(c.request(0), Ok(Admission::Coalesced), "through the mark");
+        release.open();
+        c.shutdown();
+        done.open();
+        other.join().unwrap();
+        // The oracle first (INV-7 exactly), then the count it implies here.
+        env.done();
+        assert_eq!(env.log().len(), 2, "one follow-up; log: {:?}", env.log());
+        env.assert_last_cycle_saw(&[0, 1]);
+    });
+}
+
 /// D1 for marked requests: a request through this thread's mark races the
 /// runner's follow-up cycle and its transition to idle (`DYING`, the mark
 /// check, `die`). It is either covered by that runner (its mark seen

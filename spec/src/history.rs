@@ -193,7 +193,8 @@ pub enum Invariant {
     /// INV-5: after `shutdown` returned, nothing runs and every request is
     /// rejected; nothing is rejected before `shutdown` began.
     Shutdown,
-    /// INV-7: every cycle covers at least one accepted request.
+    /// INV-7: every cycle covers at least one accepted request that no
+    /// earlier cycle of its key covers.
     NoSpuriousCycle,
     /// The history itself is malformed (an event for an unknown request, a
     /// cycle ending that never began, …): a bug in the test's recording.
@@ -301,10 +302,8 @@ where
     let mut shutdown_began: Option<usize> = None;
     let mut shutdown_ended: Option<usize> = None;
     let mut aborted: Option<usize> = None;
-    // Which requests were accepted in the end, and per key how many of those
-    // had been invoked so far (for INV-7).
+    // Which requests were accepted in the end.
     let accepted = accepted_requests(&history.events);
-    let mut accepted_invoked: HashMap<K, usize> = HashMap::new();
 
     // One pass in order: record, and check what can be judged at once.
     for (at, event) in history.events.iter().enumerate() {
@@ -325,9 +324,6 @@ where
                         Invariant::WellFormed,
                         format!("request {request} invoked twice"),
                     ));
-                }
-                if accepted.contains(request) {
-                    *accepted_invoked.entry(key.clone()).or_default() += 1;
                 }
                 requests.insert(
                     *request,
@@ -460,20 +456,6 @@ where
                     saw: *saw,
                     ended: None,
                 });
-                // INV-7, as a count: the cycles of a key begun so far cannot
-                // outnumber its requests invoked so far that were accepted
-                // (each cycle covers one of its own).
-                let begun = cs.len();
-                let accepted_so_far = accepted_invoked.get(key).copied().unwrap_or(0);
-                if begun > accepted_so_far {
-                    return Err(fail(
-                        Invariant::NoSpuriousCycle,
-                        format!(
-                            "cycle {begun} of key {key:?} began, but only {accepted_so_far} \
-                             accepted requests for it had been made"
-                        ),
-                    ));
-                }
             }
             Event::CycleEnded { key } | Event::CyclePanicked { key } => {
                 let panicked = matches!(event, Event::CyclePanicked { .. });
@@ -628,6 +610,9 @@ where
             });
         }
     }
+    if let Some(v) = spurious_cycle(&requests, &accepted, &cycles) {
+        return Err(v);
+    }
     if shutdown_ended.is_some() || aborted.is_none() {
         if let Some((key, c)) = cycles
             .iter()
@@ -645,6 +630,101 @@ where
         }
     }
     Ok(())
+}
+
+/// INV-7, exactly: every cycle of a key covers at least one accepted request
+/// that no earlier cycle of the key covers. Returns the first cycle (in the
+/// order of the history) for which no such request can exist.
+///
+/// Each request is covered by exactly one cycle: the first of its key to
+/// *begin* (the runner's step that consumes the pending bit and the marks)
+/// after the request's own step. With the steps hidden inside recorded
+/// intervals, cycle `j` (0-based) can be the one covering request `r` only
+/// if
+/// - `r` was invoked before cycle `j` was recorded as begun (its step lies
+///   before that cycle's begin step, which lies before the record), and
+/// - `r` was admitted after cycle `j - 2` was recorded as ended (its step
+///   lies after cycle `j - 1`'s begin step, which lies after that record).
+///
+/// So each request may cover a contiguous range of cycles `[lo, hi]`, and
+/// in a correct execution the cycles can be given distinct requests from
+/// their ranges (each cycle one it really covers). Whether such an
+/// assignment exists is decided greedily: cycles in order, each taking, among
+/// the unused requests whose range contains it, the one whose range ends
+/// first. A cycle left with none covers no request that a placement of the
+/// steps could give it — the spurious cycle of an unconsumed mark, say,
+/// which begins after every request it could cover already had its cycle.
+/// The rule is sound (the assignment of a correct execution is one the greedy
+/// choice can match) and stronger than counting cycles against requests.
+fn spurious_cycle<K>(
+    requests: &HashMap<RequestId, Request<K>>,
+    accepted: &HashSet<RequestId>,
+    cycles: &HashMap<K, Vec<Cycle>>,
+) -> Option<Violation>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+{
+    // Per key, each accepted request's range of cycles it may cover.
+    let mut ranges: HashMap<&K, Vec<(usize, usize)>> = HashMap::new();
+    for (id, r) in requests {
+        if !accepted.contains(id) {
+            continue;
+        }
+        let Some(cs) = cycles.get(&r.key) else {
+            continue; // INV-2 was checked first: only the abort path gets here.
+        };
+        // The step lies before the admission became known: the `Accepted`
+        // event if recorded, else the `Waited` one.
+        let admitted = r
+            .admitted
+            .map(|(i, _)| i)
+            .or(r.waited.map(|(i, _)| i))
+            .unwrap_or(usize::MAX);
+        let lo = cs.partition_point(|c| c.began < r.invoked);
+        // Ends are in order (INV-1 was checked first); a cycle that never
+        // ended counts as ending at the end of time.
+        let ended_before = cs.partition_point(|c| c.ended.is_some_and(|(e, _)| e < admitted));
+        let hi = (ended_before + 1).min(cs.len().saturating_sub(1));
+        if lo <= hi && lo < cs.len() {
+            ranges.entry(&r.key).or_default().push((lo, hi));
+        }
+    }
+    let mut first: Option<Violation> = None;
+    for (key, cs) in cycles {
+        let mut ranges = ranges.remove(key).unwrap_or_default();
+        ranges.sort_unstable();
+        let mut next = ranges.iter().peekable();
+        let mut open = std::collections::BinaryHeap::new();
+        for (j, c) in cs.iter().enumerate() {
+            while let Some(&&(lo, hi)) = next.peek() {
+                if lo > j {
+                    break;
+                }
+                open.push(std::cmp::Reverse(hi));
+                next.next();
+            }
+            while open.peek().is_some_and(|&std::cmp::Reverse(hi)| hi < j) {
+                open.pop();
+            }
+            if open.pop().is_none() {
+                if first.as_ref().map_or(true, |v| c.began < v.at) {
+                    first = Some(Violation {
+                        invariant: Invariant::NoSpuriousCycle,
+                        at: c.began,
+                        message: format!(
+                            "cycle {} of key {key:?} covers no request: each accepted \
+                             request invoked before it began was admitted before cycle {} \
+                             could begin, or is needed by an earlier cycle",
+                            j + 1,
+                            j
+                        ),
+                    });
+                }
+                break;
+            }
+        }
+    }
+    first
 }
 
 /// The request `id`, or a well-formedness violation at `at`.

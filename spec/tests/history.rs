@@ -282,6 +282,117 @@ fn inv7_a_cycle_with_no_request_to_cover() {
     assert_eq!(violation(events), (Invariant::NoSpuriousCycle, 4));
 }
 
+/// The counting rule's blind spot, which an unconsumed mark falls into:
+/// three requests during cycle 1, then cycles 2 and 3. Three cycles for
+/// four requests passes a count, but every request returned before cycle 1
+/// ended, so cycle 2 covers all of them and cycle 3 covers none.
+#[test]
+fn inv7_a_third_cycle_after_requests_that_all_returned_during_the_first() {
+    let events = vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        invoked(1, 1),
+        coalesced(1),
+        invoked(2, 1),
+        coalesced(2),
+        invoked(3, 1),
+        coalesced(3),
+        ended(1),
+        began(1),
+        ended(1),
+        began(1),
+        ended(1),
+    ];
+    assert_eq!(violation(events), (Invariant::NoSpuriousCycle, 12));
+}
+
+/// The same three cycles are fine when a request's interval reaches past
+/// the end of cycle 1: its step may lie after cycle 2 began, so cycle 3 may
+/// be the one that covers it (benefit of the doubt), and a request invoked
+/// during cycle 2 may cover cycle 3 as well.
+#[test]
+fn inv7_a_request_whose_call_outlasts_a_cycle_may_cover_the_one_after_next() {
+    let straddling = vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        invoked(1, 1),
+        invoked(2, 1),
+        coalesced(2),
+        ended(1),
+        began(1),
+        coalesced(1),
+        ended(1),
+        began(1),
+        ended(1),
+    ];
+    assert_eq!(check(&History::new(straddling)), Ok(()));
+    let during_cycle_2 = vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        invoked(1, 1),
+        coalesced(1),
+        ended(1),
+        began(1),
+        invoked(2, 1),
+        coalesced(2),
+        ended(1),
+        began(1),
+        ended(1),
+    ];
+    assert_eq!(check(&History::new(during_cycle_2)), Ok(()));
+}
+
+/// One request covers one cycle: a request whose call spans the end of
+/// cycle 1 and the beginning of cycle 2 may cover cycle 2 or cycle 3, not
+/// both.
+#[test]
+fn inv7_each_request_covers_one_cycle() {
+    let one_for_two = vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        invoked(1, 1),
+        ended(1),
+        began(1),
+        coalesced(1),
+        ended(1),
+        began(1),
+        ended(1),
+    ];
+    assert_eq!(violation(one_for_two), (Invariant::NoSpuriousCycle, 8));
+}
+
+/// A `request_and_wait` is pinned by its admission, not by its (much later)
+/// return: a plain request and an async waiter, both admitted during
+/// cycle 1, are both covered by cycle 2, so cycle 3 is spurious, even though
+/// the wait returned after cycle 2 ended (its return alone would let it
+/// cover cycle 3).
+#[test]
+fn inv7_a_waiter_is_pinned_by_its_admission() {
+    let events = vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        invoked(1, 1),
+        coalesced(1),
+        wait(2, 1),
+        coalesced(2),
+        ended(1),
+        began(1),
+        ended(1),
+        Waited {
+            request: 2,
+            result: Ok(()),
+        },
+        began(1),
+        ended(1),
+    ];
+    assert_eq!(violation(events), (Invariant::NoSpuriousCycle, 11));
+}
+
 #[test]
 fn malformed_histories_are_reported_as_such() {
     for events in [
