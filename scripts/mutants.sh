@@ -2,17 +2,19 @@
 # Mutation testing of the core (impl/src) with cargo-mutants, in three passes.
 # Every mutant has to be caught by one of them; see docs/verification.md.
 #
-#   1. loom, screened: the loom suite under `--cfg loom`, every model capped
-#      at preemption bound $SCREEN (COALESCER_LOOM_SCREEN). Seconds per
-#      mutant; catches most of the core. A failure it finds is a real one.
+#   1. loom, screened: the loom suite under `--cfg loom` — the slot models
+#      inside the crate and the public-API models of `coalescer-loom-tests`
+#      — every model capped at preemption bound $SCREEN
+#      (COALESCER_LOOM_SCREEN). Seconds per mutant; catches most of the
+#      core. A failure it finds is a real one.
 #   2. std: the mutants pass 1 missed, against the ordinary tests of the
 #      `coalescer` package (tokio, blocking, stress with the history oracle,
 #      misuse, allocation, memory, unit tests, doc examples). Code compiled
 #      only in the std build (the tokio task set, the std clock wait) is
 #      reached only here. The one-million-key memory test costs 15 s per
 #      mutant and stays in: it alone catches a task set that never reaps.
-#   3. loom, exhaustive: what is still missed, against the full suite
-#      without the screening bound (the suite CI runs).
+#   3. loom, exhaustive: what is still missed, against the full suite (both
+#      packages) without the screening bound (the suite CI runs).
 #
 # A mutant that makes the tests hang (a deadlock: a lost wakeup or a
 # stranded waiter) is reported as timed out. That is a detection, not a
@@ -20,7 +22,9 @@
 #
 # Usage: scripts/mutants.sh [extra cargo-mutants args, e.g. --re 'state\.rs']
 #        PASSES="2 3" scripts/mutants.sh   # resume from an earlier pass
-# Needs cargo-mutants (`cargo install cargo-mutants --locked`). Output:
+# The loom passes run test targets only (`--tests`): the doc examples are
+# the std pass's. Needs cargo-mutants (`cargo install cargo-mutants
+# --locked`). Output:
 # target/mutants/<pass>/mutants.out, and the totals at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,24 +67,26 @@ pass() {
   done
 }
 
+# Both loom packages: the slot models are the `coalescer` lib's tests.
+LOOM=(--test-package coalescer --test-package coalescer-loom-tests
+  --cargo-arg=--release --cargo-test-arg=--tests)
+
 run_start=$SECONDS
 case " $PASSES " in *" 1 "*)
   # Std-only code (the tokio task set) is not compiled under loom: its
   # mutants pass this pass unchanged and go on to the std pass.
   RUSTFLAGS="--cfg loom" COALESCER_LOOM_SCREEN=$SCREEN \
-    pass 1-loom-screened "" --test-package coalescer-loom-tests --cargo-arg=--release ;;
+    pass 1-loom-screened "" "${LOOM[@]}" ;;
 esac
 case " $PASSES " in *" 2 "*)
   pass 2-std 1-loom-screened --test-package coalescer ;;
 esac
 case " $PASSES " in *" 3 "*)
-  # An explicit timeout: cargo-mutants times its unmutated baseline on the
-  # mutated package (`coalescer`, whose tests are compiled out under loom),
-  # not on --test-package, so the auto timeout would be its 60 s minimum,
-  # and the exhaustive suite takes ~3 min: every mutant would "time out".
+  # An explicit timeout: the exhaustive suite takes about 4 minutes, and the
+  # auto timeout (from the screened baseline of the configuration's
+  # minimum, 60 s) would call every mutant "timed out".
   RUSTFLAGS="--cfg loom" \
-    pass 3-loom-exhaustive 2-std --test-package coalescer-loom-tests --cargo-arg=--release \
-    --timeout 900 ;;
+    pass 3-loom-exhaustive 2-std "${LOOM[@]}" --timeout 900 ;;
 esac
 
 # Each pass lists only what it tested itself; add them up.
