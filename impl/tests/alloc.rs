@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use coalescer_fixtures::{CountingAllocator, Held};
+use coalescer_fixtures::{CountingAllocator, Held, HeldAsync};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator::new();
@@ -58,15 +58,16 @@ fn the_coalesced_path_allocates_nothing() {
         .enable_all()
         .build()
         .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let held = Arc::new(HeldAsync::default());
+    let holding = Arc::clone(&held);
     let c = rt.block_on(async move {
         coalescer::Coalescer::new(move |_: u64| {
-            let _ = tx.send(());
-            std::future::pending::<()>()
+            let holding = Arc::clone(&holding);
+            async move { holding.hold().await } // never released: the drop aborts it
         })
     });
     c.request(0).unwrap();
-    rt.block_on(rx.recv()).unwrap();
+    rt.block_on(held.wait_started());
     warm_up(|| c.request(0).unwrap());
     let asynchronous = allocations_of(|| {
         for _ in 0..100_000 {

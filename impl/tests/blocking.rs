@@ -1,20 +1,19 @@
 //! Ordinary tests of the blocking front end (compiled out under loom).
 //!
 //! No test measures time: cycles that must be "running" or "blocked" are
-//! held by the shared `Held` fixture (or a channel) the test controls, and
+//! held by the shared `Held` fixture (or a `Gate`) the test controls, and
 //! quiescence is `shutdown`.
 #![cfg(not(loom))]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::mpsc::channel;
 use std::sync::{Arc, Barrier, Mutex};
 
 use coalescer::blocking::Coalescer;
 use coalescer::{Admission, Closed, RunError};
 
 mod common;
-use coalescer_fixtures::Held;
+use coalescer_fixtures::{Gate, Held};
 use common::{quiet_injected_panics, PanicsWhenDropped, INJECTED};
 
 /// Makes a cycle function counting into `count`; cycles numbered in
@@ -256,12 +255,11 @@ fn shutdown_waits_for_a_blocked_then_panicking_cycle() {
 fn different_keys_do_not_serialize() {
     // Key 1's cycle is held until key 2's cycle has run: if keys shared a
     // runner or a lock across cycles, this would deadlock.
-    let (two_done, two_done_rx) = channel::<()>();
-    let two_done = Mutex::new(two_done);
-    let two_done_rx = Mutex::new(two_done_rx);
+    let two_done = Arc::new(Gate::default());
+    let gate = Arc::clone(&two_done);
     let c = Coalescer::new(move |key: &u32| match key {
-        1 => two_done_rx.lock().unwrap().recv().unwrap(),
-        _ => two_done.lock().unwrap().send(()).unwrap(),
+        1 => gate.wait(),
+        _ => gate.open(),
     });
     c.request(1).unwrap();
     assert_eq!(c.request_and_wait(2), Ok(()));
@@ -359,15 +357,16 @@ fn drop_without_shutdown_waits_for_the_running_cycle() {
     // that window; nothing here asserts a duration.)
     let finished = Arc::new(AtomicBool::new(false));
     let seen = Arc::clone(&finished);
-    let (entered, entered_rx) = channel::<()>();
-    let entered = Mutex::new(entered);
+    let held = Arc::new(Held::default());
+    let holding = Arc::clone(&held);
     let c = Coalescer::new(move |_: &u32| {
-        entered.lock().unwrap().send(()).unwrap();
+        holding.hold();
         std::thread::sleep(std::time::Duration::from_millis(50));
         seen.store(true, SeqCst);
     });
     c.request(1).unwrap();
-    entered_rx.recv().unwrap();
+    held.wait_started();
+    held.release();
     drop(c);
     assert!(
         finished.load(SeqCst),

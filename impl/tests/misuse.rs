@@ -7,7 +7,6 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
-use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use coalescer::blocking;
 use coalescer::{Admission, Closed, Coalescer, RunError};
 
 mod common;
+use coalescer_fixtures::Held;
 use common::{quiet_injected_panics, INJECTED};
 
 /// What a cycle saw of its calls: (key waited for, result).
@@ -120,11 +120,11 @@ fn async_shutdown_from_inside_a_cycle_does_not_deadlock() {
 /// key; the coalescer is closed; the stuck runner does not block `Drop`.
 #[test]
 fn shutdown_timeout_reports_the_keys_still_running() {
-    let (release, stuck) = channel::<()>();
-    let stuck = Mutex::new(stuck);
+    let held = Arc::new(Held::default());
+    let holding = Arc::clone(&held);
     let c = blocking::Coalescer::new(move |key: &u32| {
         if *key == 7 {
-            let _ = stuck.lock().unwrap().recv();
+            holding.hold();
         }
     });
     c.request(7).unwrap();
@@ -137,7 +137,7 @@ fn shutdown_timeout_reports_the_keys_still_running() {
     );
     assert_eq!(c.request(1), Err(Closed));
     drop(c); // must not join the stuck runner
-    drop(release); // lets it finish in the background
+    held.release_all(); // lets it finish in the background
 }
 
 /// Blocking: with nothing stuck, `shutdown_timeout` is a drain.
@@ -328,21 +328,19 @@ fn a_runtime_shut_down_under_the_coalescer_closes_it() {
 #[test]
 fn after_the_runtime_is_gone_a_lingering_key_is_closed_too() {
     let rt = runtime();
-    let (entered, entered_rx) = channel::<()>();
-    let (release, held) = channel::<()>();
-    let (entered, held) = (Mutex::new(entered), Mutex::new(held));
+    let held = Arc::new(Held::default());
+    let holding = Arc::clone(&held);
     let c = rt.block_on(async {
         Coalescer::new(move |key: u32| {
             if key == 1 {
                 // Blocks the worker thread itself, inside the task's poll.
-                entered.lock().unwrap().send(()).unwrap();
-                let _ = held.lock().unwrap().recv();
+                holding.hold();
             }
             async {}
         })
     });
     c.request(1).unwrap();
-    entered_rx.recv().unwrap();
+    held.wait_started();
     rt.shutdown_background();
     // Requests for other keys fail once the runtime stops taking tasks (a
     // few may still be taken, and dropped, while it shuts down).
@@ -352,7 +350,7 @@ fn after_the_runtime_is_gone_a_lingering_key_is_closed_too() {
         std::thread::yield_now();
     }
     let lingering = c.request(1);
-    drop(release);
+    held.release_all();
     assert_eq!(
         lingering,
         Err(Closed),

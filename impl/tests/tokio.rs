@@ -1,19 +1,20 @@
 //! Ordinary tests of the async (tokio) front end, each run on a
 //! `current_thread` and on a `multi_thread` runtime (compiled out under
-//! loom). No test measures time: held cycles wait on `Notify`s the test
-//! controls, and quiescence is `shutdown().await`.
+//! loom). No test measures time: held cycles wait on the shared `HeldAsync`
+//! fixture the test controls, and quiescence is `shutdown().await`.
 #![cfg(not(loom))]
 
-use std::future::{pending, Future};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use coalescer::{Admission, Closed, Coalescer, RunError};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 mod common;
+use coalescer_fixtures::HeldAsync;
 use common::{quiet_injected_panics, PanicsWhenDropped, INJECTED};
 
 /// Generates `NAME::current_thread` and `NAME::multi_thread` tests from an
@@ -89,29 +90,26 @@ fn debug_output_shows_the_configuration_the_counters_and_a_wait() {
 
 type BoxCycle = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A counting cycle whose first cycle announces itself (on the receiver) and
-/// then waits for the test to release it (through the `Notify`).
+/// A counting cycle whose first cycle is held (`HeldAsync`) until the test
+/// releases it.
 fn held_first_cycle(
     count: &Arc<AtomicU32>,
 ) -> (
     impl Fn(u32) -> BoxCycle + Send + Sync + 'static,
-    mpsc::UnboundedReceiver<()>,
-    Arc<Notify>,
+    Arc<HeldAsync>,
 ) {
-    let (started_tx, started) = mpsc::unbounded_channel();
-    let release = Arc::new(Notify::new());
-    let (count, held) = (Arc::clone(count), Arc::clone(&release));
+    let held = Arc::new(HeldAsync::default());
+    let (count, holding) = (Arc::clone(count), Arc::clone(&held));
     let cycle = move |_: u32| {
         let n = count.fetch_add(1, SeqCst) + 1;
-        let (started_tx, held) = (started_tx.clone(), Arc::clone(&held));
+        let holding = Arc::clone(&holding);
         Box::pin(async move {
             if n == 1 {
-                started_tx.send(()).unwrap();
-                held.notified().await;
+                holding.hold().await;
             }
         }) as BoxCycle
     };
-    (cycle, started, release)
+    (cycle, held)
 }
 
 async fn one_request_runs_one_cycle() {
@@ -130,15 +128,15 @@ async fn one_request_runs_one_cycle() {
 
 async fn five_requests_during_a_blocked_cycle_make_exactly_two_cycles() {
     let count = Arc::new(AtomicU32::new(0));
-    let (cycle, mut started, release) = held_first_cycle(&count);
+    let (cycle, held) = held_first_cycle(&count);
     let c = Coalescer::new(cycle);
     assert_eq!(c.request(7), Ok(Admission::Started));
-    started.recv().await.unwrap();
+    held.wait_started().await;
     for _ in 0..5 {
         assert_eq!(c.request(7), Ok(Admission::Coalesced));
     }
     let active = c.active_keys();
-    release.notify_one();
+    held.release();
     c.shutdown().await;
     assert_eq!(active, 1, "one key active while its cycle is held");
     assert_eq!(c.active_keys(), 0);
@@ -165,32 +163,26 @@ async fn sequential_request_and_wait_run_one_cycle_each() {
 async fn a_request_during_a_cycle_is_picked_up_by_a_later_cycle() {
     let version = Arc::new(AtomicU64::new(0));
     let seen = Arc::new(AtomicU64::new(0));
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let release = Arc::new(Notify::new());
+    let held = Arc::new(HeldAsync::default());
     let first = Arc::new(AtomicU32::new(0));
     let c = {
-        let (version, seen, release) = (
-            Arc::clone(&version),
-            Arc::clone(&seen),
-            Arc::clone(&release),
-        );
+        let (version, seen, held) = (Arc::clone(&version), Arc::clone(&seen), Arc::clone(&held));
         Coalescer::new(move |_: u32| {
             seen.store(version.load(SeqCst), SeqCst);
             let is_first = first.fetch_add(1, SeqCst) == 0;
-            let (started_tx, release) = (started_tx.clone(), Arc::clone(&release));
+            let held = Arc::clone(&held);
             async move {
                 if is_first {
-                    started_tx.send(()).unwrap();
-                    release.notified().await;
+                    held.hold().await;
                 }
             }
         })
     };
     c.request(1).unwrap();
-    started.recv().await.unwrap();
+    held.wait_started().await;
     version.store(42, SeqCst);
     assert_eq!(c.request(1), Ok(Admission::Coalesced));
-    release.notify_one();
+    held.release();
     c.shutdown().await;
     assert_eq!(seen.load(SeqCst), 42);
     assert_eq!(c.stats().cycles, 2);
@@ -274,23 +266,17 @@ async fn panics_before_after_an_await_and_in_drop_are_contained() {
 
 async fn shutdown_waits_for_a_blocked_then_panicking_cycle() {
     quiet_injected_panics();
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let release = Arc::new(Notify::new());
+    let held = Arc::new(HeldAsync::default());
     let finished = Arc::new(AtomicU32::new(0));
     let c = {
-        let (release, finished) = (Arc::clone(&release), Arc::clone(&finished));
+        let (held, finished) = (Arc::clone(&held), Arc::clone(&finished));
         Arc::new(
             Coalescer::builder()
                 .panic_hook(|_| {})
                 .build(move |_: u32| {
-                    let (started_tx, release, finished) = (
-                        started_tx.clone(),
-                        Arc::clone(&release),
-                        Arc::clone(&finished),
-                    );
+                    let (held, finished) = (Arc::clone(&held), Arc::clone(&finished));
                     async move {
-                        started_tx.send(()).unwrap();
-                        release.notified().await;
+                        held.hold().await;
                         finished.store(1, SeqCst);
                         std::panic::panic_any(INJECTED);
                     }
@@ -298,12 +284,12 @@ async fn shutdown_waits_for_a_blocked_then_panicking_cycle() {
         )
     };
     c.request(1).unwrap();
-    started.recv().await.unwrap();
+    held.wait_started().await;
     let shutting = {
         let c = Arc::clone(&c);
         tokio::spawn(async move { c.shutdown().await })
     };
-    release.notify_one();
+    held.release();
     shutting.await.unwrap();
     assert_eq!(finished.load(SeqCst), 1);
     assert_eq!(c.stats().panics, 1);
@@ -332,28 +318,26 @@ async fn different_keys_do_not_serialize() {
 async fn a_request_during_a_panicking_cycle_gets_its_follow_up() {
     quiet_injected_panics();
     let count = Arc::new(AtomicU32::new(0));
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let release = Arc::new(Notify::new());
+    let held = Arc::new(HeldAsync::default());
     let c = {
-        let (count, release) = (Arc::clone(&count), Arc::clone(&release));
+        let (count, held) = (Arc::clone(&count), Arc::clone(&held));
         Coalescer::builder()
             .panic_hook(|_| {})
             .build(move |_: u32| {
                 let first = count.fetch_add(1, SeqCst) == 0;
-                let (started_tx, release) = (started_tx.clone(), Arc::clone(&release));
+                let held = Arc::clone(&held);
                 async move {
                     if first {
-                        started_tx.send(()).unwrap();
-                        release.notified().await;
+                        held.hold().await;
                         std::panic::panic_any(INJECTED);
                     }
                 }
             })
     };
     c.request(1).unwrap();
-    started.recv().await.unwrap();
+    held.wait_started().await;
     let follow_up = c.request_and_wait(1);
-    release.notify_one();
+    held.release();
     assert_eq!(follow_up.await, Ok(()), "the follow-up did not complete");
     c.shutdown().await;
     assert_eq!(count.load(SeqCst), 2);
@@ -376,13 +360,13 @@ async fn requests_after_shutdown_are_rejected_and_shutdown_is_idempotent() {
 
 async fn an_abandoned_request_and_wait_does_not_cancel_its_request() {
     let count = Arc::new(AtomicU32::new(0));
-    let (cycle, mut started, release) = held_first_cycle(&count);
+    let (cycle, held) = held_first_cycle(&count);
     let c = Coalescer::new(cycle);
     c.request(5).unwrap();
-    started.recv().await.unwrap();
+    held.wait_started().await;
     // Made during the held cycle, then dropped without ever being polled.
     drop(c.request_and_wait(5));
-    release.notify_one();
+    held.release();
     c.shutdown().await;
     assert_eq!(
         count.load(SeqCst),
@@ -392,16 +376,14 @@ async fn an_abandoned_request_and_wait_does_not_cancel_its_request() {
 }
 
 async fn drop_without_shutdown_aborts_and_waiters_get_an_error() {
-    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let held = Arc::new(HeldAsync::default());
+    let holding = Arc::clone(&held);
     let c = Coalescer::new(move |_: u32| {
-        let started_tx = started_tx.clone();
-        async move {
-            started_tx.send(()).unwrap();
-            pending::<()>().await;
-        }
+        let holding = Arc::clone(&holding);
+        async move { holding.hold().await } // never released
     });
     let running = c.request_and_wait(1); // covered by the cycle that never ends
-    started.recv().await.unwrap();
+    held.wait_started().await;
     let next = c.request_and_wait(1); // covered by a follow-up that never begins
     drop(c);
     assert_eq!(running.await, Err(RunError::Aborted));
@@ -435,10 +417,10 @@ async fn request_from_a_thread_outside_the_runtime_works() {
 async fn live_threads_repeating_requests_during_one_held_cycle_get_exactly_one_follow_up() {
     for threads in [2, 3, 4] {
         let count = Arc::new(AtomicU32::new(0));
-        let (cycle, mut started, release) = held_first_cycle(&count);
+        let (cycle, held) = held_first_cycle(&count);
         let c = Arc::new(Coalescer::new(cycle));
         assert_eq!(c.request(1), Ok(Admission::Started));
-        started.recv().await.unwrap();
+        held.wait_started().await;
         let (requested, idle) = (
             std::sync::mpsc::channel(),
             Arc::new(std::sync::Barrier::new(threads + 1)),
@@ -458,7 +440,7 @@ async fn live_threads_repeating_requests_during_one_held_cycle_get_exactly_one_f
         for _ in 0..threads {
             requested.1.recv().unwrap();
         }
-        release.notify_one();
+        held.release();
         while c.active_keys() != 0 {
             tokio::task::yield_now().await;
         }
