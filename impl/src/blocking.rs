@@ -198,6 +198,8 @@ mod tests {
             c.request_and_wait(key).unwrap();
         }
         let held = c.shared.driver.len();
+        // The last runner's entry stays until the next spawn reaps it.
+        assert!(held >= 1, "no runner handle held at all");
         assert!(
             held < 2_000,
             "{held} runner handles kept for 2000 finished runners"

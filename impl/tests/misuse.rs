@@ -14,7 +14,7 @@ use coalescer::blocking;
 use coalescer::{Admission, Closed, Coalescer, RunError};
 
 mod common;
-use coalescer_fixtures::Held;
+use coalescer_fixtures::{Held, HeldAsync};
 use common::{quiet_injected_panics, INJECTED};
 
 /// What a cycle saw of its calls: (key waited for, result).
@@ -114,6 +114,86 @@ fn async_shutdown_from_inside_a_cycle_does_not_deadlock() {
         assert_eq!(c.active_keys(), 0);
         assert_eq!(c.request(1), Err(Closed));
     });
+}
+
+/// Async: the early return is for the coalescer's own cycles only. Awaited
+/// from a cycle of *another* coalescer, `shutdown` waits for the drain as
+/// usual: it returns only after the other's held cycle has finished. (A
+/// `current_thread` runtime: a `shutdown` that returned at once would record
+/// "not finished" before the test could release the held cycle.)
+#[tokio::test(flavor = "current_thread")]
+async fn async_shutdown_from_a_cycle_of_another_coalescer_waits_for_the_drain() {
+    let held = Arc::new(HeldAsync::default());
+    let finished = Arc::new(AtomicBool::new(false));
+    let inner = {
+        let (held, finished) = (Arc::clone(&held), Arc::clone(&finished));
+        Arc::new(Coalescer::new(move |_: u32| {
+            let (held, finished) = (Arc::clone(&held), Arc::clone(&finished));
+            async move {
+                held.hold().await;
+                finished.store(true, SeqCst);
+            }
+        }))
+    };
+    inner.request(1).unwrap();
+    held.wait_started().await;
+    let calling = Arc::new(tokio::sync::Notify::new());
+    let seen = Arc::new(Mutex::new(None));
+    let outer = {
+        let (inner, finished) = (Arc::clone(&inner), Arc::clone(&finished));
+        let (calling, seen) = (Arc::clone(&calling), Arc::clone(&seen));
+        Coalescer::new(move |_: u32| {
+            let (inner, finished) = (Arc::clone(&inner), Arc::clone(&finished));
+            let (calling, seen) = (Arc::clone(&calling), Arc::clone(&seen));
+            async move {
+                calling.notify_one();
+                inner.shutdown().await;
+                *seen.lock().unwrap() = Some(finished.load(SeqCst));
+            }
+        })
+    };
+    let covered = outer.request_and_wait(1);
+    calling.notified().await; // the outer cycle is in `inner.shutdown()`
+    held.release();
+    assert_eq!(covered.await, Ok(()));
+    outer.shutdown().await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some(true),
+        "shutdown returned before the other coalescer drained"
+    );
+}
+
+/// Async INV-5, the abort path: dropping the coalescer while a cycle runs —
+/// blocked in its synchronous part, where tokio's abort cannot reach the
+/// task — leaves the follow-up that a request made meanwhile was due
+/// unrun: the runner sees the abort before it begins another cycle.
+#[test]
+fn async_drop_during_a_cycle_begins_no_further_cycle() {
+    let rt = runtime();
+    let held = Arc::new(Held::default());
+    let cycles = Arc::new(AtomicU32::new(0));
+    let c = {
+        let (held, cycles) = (Arc::clone(&held), Arc::clone(&cycles));
+        rt.block_on(async move {
+            Coalescer::new(move |_: u32| {
+                if cycles.fetch_add(1, SeqCst) == 0 {
+                    held.hold(); // blocks the worker thread inside the task's poll
+                }
+                async {}
+            })
+        })
+    };
+    c.request(1).unwrap();
+    held.wait_started();
+    assert_eq!(c.request(1), Ok(Admission::Coalesced), "a follow-up is due");
+    drop(c);
+    held.release();
+    // The runner ends, and with it the last share of the cycle closure.
+    while Arc::strong_count(&cycles) > 1 {
+        std::thread::yield_now();
+    }
+    assert_eq!(cycles.load(SeqCst), 1, "a cycle began after the drop");
 }
 
 /// Blocking: a cycle that does not return within the timeout is reported by

@@ -282,66 +282,48 @@ fn inv7_a_cycle_with_no_request_to_cover() {
     assert_eq!(violation(events), (Invariant::NoSpuriousCycle, 4));
 }
 
+/// The opening of the INV-7 histories: request 0 starts key 1's runner and
+/// its first cycle begins; then each request of `during` is invoked and
+/// coalesced in turn while that cycle runs.
+fn first_cycle_with(during: &[u64]) -> Vec<Event<u8>> {
+    let mut events = vec![invoked(0, 1), started(0), began(1)];
+    for &r in during {
+        events.extend([invoked(r, 1), coalesced(r)]);
+    }
+    events
+}
+
 /// The counting rule's blind spot, which an unconsumed mark falls into:
 /// three requests during cycle 1, then cycles 2 and 3. Three cycles for
 /// four requests passes a count, but every request returned before cycle 1
 /// ended, so cycle 2 covers all of them and cycle 3 covers none.
 #[test]
 fn inv7_a_third_cycle_after_requests_that_all_returned_during_the_first() {
-    let events = vec![
-        invoked(0, 1),
-        started(0),
-        began(1),
-        invoked(1, 1),
-        coalesced(1),
-        invoked(2, 1),
-        coalesced(2),
-        invoked(3, 1),
-        coalesced(3),
-        ended(1),
-        began(1),
-        ended(1),
-        began(1),
-        ended(1),
-    ];
+    let mut events = first_cycle_with(&[1, 2, 3]);
+    events.extend([ended(1), began(1), ended(1), began(1), ended(1)]);
     assert_eq!(violation(events), (Invariant::NoSpuriousCycle, 12));
 }
 
-/// The same three cycles are fine when a request's interval reaches past
-/// the end of cycle 1: its step may lie after cycle 2 began, so cycle 3 may
-/// be the one that covers it (benefit of the doubt), and a request invoked
-/// during cycle 2 may cover cycle 3 as well.
+/// The same three cycles are fine when a request's call reaches past the
+/// end of cycle 1 (its step may lie after cycle 2 began, so cycle 3 may be
+/// the one that covers it: the benefit of the doubt), or when a request is
+/// made during cycle 2.
 #[test]
 fn inv7_a_request_whose_call_outlasts_a_cycle_may_cover_the_one_after_next() {
-    let straddling = vec![
-        invoked(0, 1),
-        started(0),
-        began(1),
-        invoked(1, 1),
-        invoked(2, 1),
-        coalesced(2),
+    let mut straddling = first_cycle_with(&[2]);
+    straddling.insert(3, invoked(1, 1));
+    straddling.extend([
         ended(1),
         began(1),
         coalesced(1),
         ended(1),
         began(1),
         ended(1),
-    ];
+    ]);
     assert_eq!(check(&History::new(straddling)), Ok(()));
-    let during_cycle_2 = vec![
-        invoked(0, 1),
-        started(0),
-        began(1),
-        invoked(1, 1),
-        coalesced(1),
-        ended(1),
-        began(1),
-        invoked(2, 1),
-        coalesced(2),
-        ended(1),
-        began(1),
-        ended(1),
-    ];
+    let mut during_cycle_2 = first_cycle_with(&[1]);
+    during_cycle_2.extend([ended(1), began(1), invoked(2, 1), coalesced(2)]);
+    during_cycle_2.extend([ended(1), began(1), ended(1)]);
     assert_eq!(check(&History::new(during_cycle_2)), Ok(()));
 }
 
@@ -350,19 +332,10 @@ fn inv7_a_request_whose_call_outlasts_a_cycle_may_cover_the_one_after_next() {
 /// both.
 #[test]
 fn inv7_each_request_covers_one_cycle() {
-    let one_for_two = vec![
-        invoked(0, 1),
-        started(0),
-        began(1),
-        invoked(1, 1),
-        ended(1),
-        began(1),
-        coalesced(1),
-        ended(1),
-        began(1),
-        ended(1),
-    ];
-    assert_eq!(violation(one_for_two), (Invariant::NoSpuriousCycle, 8));
+    let mut events = first_cycle_with(&[]);
+    events.extend([invoked(1, 1), ended(1), began(1), coalesced(1)]);
+    events.extend([ended(1), began(1), ended(1)]);
+    assert_eq!(violation(events), (Invariant::NoSpuriousCycle, 8));
 }
 
 /// A `request_and_wait` is pinned by its admission, not by its (much later)
@@ -372,24 +345,13 @@ fn inv7_each_request_covers_one_cycle() {
 /// cover cycle 3).
 #[test]
 fn inv7_a_waiter_is_pinned_by_its_admission() {
-    let events = vec![
-        invoked(0, 1),
-        started(0),
-        began(1),
-        invoked(1, 1),
-        coalesced(1),
-        wait(2, 1),
-        coalesced(2),
-        ended(1),
-        began(1),
-        ended(1),
-        Waited {
-            request: 2,
-            result: Ok(()),
-        },
-        began(1),
-        ended(1),
-    ];
+    let mut events = first_cycle_with(&[1]);
+    events.extend([wait(2, 1), coalesced(2), ended(1), began(1), ended(1)]);
+    events.push(Waited {
+        request: 2,
+        result: Ok(()),
+    });
+    events.extend([began(1), ended(1)]);
     assert_eq!(violation(events), (Invariant::NoSpuriousCycle, 11));
 }
 
