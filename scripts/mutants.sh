@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mutation testing of the core (impl/src) with cargo-mutants, in three passes.
+# Mutation testing of the core (impl/src) with cargo-mutants, in four passes.
 # Every mutant has to be caught by one of them; see docs/verification.md.
 #
 #   1. loom, screened: the loom suite under `--cfg loom` — the slot models

@@ -685,7 +685,7 @@ where
         // ended counts as ending at the end of time.
         let ended_before = cs.partition_point(|c| c.ended.is_some_and(|(e, _)| e < admitted));
         let hi = (ended_before + 1).min(cs.len().saturating_sub(1));
-        if lo <= hi && lo < cs.len() {
+        if lo <= hi {
             ranges.entry(&r.key).or_default().push((lo, hi));
         }
     }
