@@ -14,6 +14,8 @@ use std::time::Duration;
 use crate::completion::Completion;
 use crate::driver::{within, Tasks};
 use crate::error::{RunError, StillRunning};
+use crate::output::{Answer, CycleOutput};
+use crate::retry::{NoRetry, RetryPolicy};
 use crate::runner::in_cycle_owned_by;
 use crate::shell;
 use crate::sync::Arc;
@@ -48,14 +50,14 @@ use crate::sync::Arc;
 /// restarts.shutdown().await;
 /// # });
 /// ```
-pub type Coalescer<K, S = RandomState> = shell::Coalescer<K, S, Tasks>;
+pub type Coalescer<K, S = RandomState, O = ()> = shell::Coalescer<K, S, Tasks, O>;
 
 /// Builds a [`Coalescer`] with options.
-pub type Builder<K, S = RandomState> = shell::Builder<K, S, Tasks>;
+pub type Builder<K, S = RandomState, P = NoRetry> = shell::Builder<K, S, Tasks, P>;
 
 shell::front_end!(Coalescer, Builder);
 
-impl<K, S> Builder<K, S> {
+impl<K, S, P> Builder<K, S, P> {
     /// Runs the runner tasks on `handle`'s runtime instead of the current one.
     // Not in the loom build, which has no tokio (its driver runs loom threads).
     #[cfg(not(any(loom, doctest)))]
@@ -66,18 +68,21 @@ impl<K, S> Builder<K, S> {
     }
 
     /// Builds the coalescer; `cycle(key)` is called, and its future awaited,
-    /// each time a cycle of `key` begins.
+    /// each time a cycle of `key` begins. The future's output is `()` or,
+    /// for a cycle that can fail, a `Result` ([`CycleOutput`]).
     ///
     /// # Panics
     ///
     /// Without [`handle`](Self::handle), if called outside a tokio runtime
     /// (as `tokio::spawn` would).
-    pub fn build<F, Fut>(self, cycle: F) -> Coalescer<K, S>
+    pub fn build<F, Fut, O>(self, cycle: F) -> Coalescer<K, S, O>
     where
         K: Hash + Eq + Clone + Send + Sync + 'static,
         S: BuildHasher + Send + Sync + 'static,
         F: Fn(K) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = O> + Send + 'static,
+        O: CycleOutput,
+        P: RetryPolicy<K, O::Error>,
     {
         self.finish(
             Tasks::new,
@@ -86,13 +91,15 @@ impl<K, S> Builder<K, S> {
     }
 }
 
-impl<K> Coalescer<K>
+impl<K, O> Coalescer<K, RandomState, O>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
+    O: CycleOutput,
 {
     /// A coalescer on the current tokio runtime with the default options;
     /// `cycle(key)` is called, and its future awaited, each time a cycle of
-    /// `key` begins.
+    /// `key` begins. The future's output is `()` or, for a cycle that can
+    /// fail, a `Result` ([`CycleOutput`]).
     ///
     /// # Panics
     ///
@@ -100,19 +107,23 @@ where
     pub fn new<F, Fut>(cycle: F) -> Self
     where
         F: Fn(K) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = O> + Send + 'static,
     {
         Builder::new().build(cycle)
     }
 }
 
-impl<K, S> Coalescer<K, S>
+impl<K, S, O> Coalescer<K, S, O>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
+    O: CycleOutput,
 {
     /// Requests a cycle of `key`; the returned future resolves once a cycle
-    /// that began after this request was accepted has ended.
+    /// that began after this request was accepted has ended, with that
+    /// cycle's value (`()` for a cycle that returns nothing). Every waiter
+    /// that cycle covers gets a clone of the value, hence `Clone` (return an
+    /// `Arc` from the cycle for a value that is costly to clone).
     ///
     /// The request is made **when this method is called**, not when the
     /// future is first polled: the future only waits for the outcome.
@@ -128,10 +139,14 @@ where
     /// The future resolves to [`RunError::Closed`] if the request was
     /// rejected, [`RunError::OwnCycle`] if this was called from inside a
     /// cycle of the same key (nothing recorded: it would wait for itself),
-    /// [`RunError::Panicked`] if the covering cycle panicked, and
+    /// [`RunError::Failed`] with the covering cycle's error if it returned
+    /// one, [`RunError::Panicked`] if it panicked, and
     /// [`RunError::Aborted`] if the coalescer was dropped without `shutdown`
     /// before the covering cycle ended.
-    pub fn request_and_wait(&self, key: K) -> Wait {
+    pub fn request_and_wait(&self, key: K) -> Wait<O>
+    where
+        O::Value: Clone,
+    {
         Wait {
             completion: self.request_waiting(key).map(|(_, completion)| completion),
         }
@@ -178,25 +193,30 @@ where
 
 /// The future returned by
 /// [`Coalescer::request_and_wait`](type.Coalescer.html#method.request_and_wait): resolves when the
-/// cycle covering the request has ended. The request was made when the
-/// method was called; dropping this future does not cancel it.
+/// cycle covering the request has ended, with that cycle's value (a cycle
+/// returning `O`). The request was made when the method was called;
+/// dropping this future does not cancel it.
 #[must_use = "the request is made either way; await this to learn how its cycle ended"]
-pub struct Wait {
-    completion: Result<Arc<Completion>, RunError>,
+pub struct Wait<O: CycleOutput = ()> {
+    #[allow(clippy::type_complexity, reason = "one field, named in full once")]
+    completion: Result<Arc<Completion<Answer<O>>>, RunError<O::Error>>,
 }
 
-impl Future for Wait {
-    type Output = Result<(), RunError>;
+impl<O: CycleOutput> Future for Wait<O>
+where
+    O::Value: Clone,
+{
+    type Output = Result<O::Value, RunError<O::Error>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &self.completion {
-            Err(e) => Poll::Ready(Err(*e)),
-            Ok(completion) => completion.poll_wait(cx).map(|o| o.into_result()),
+            Err(e) => Poll::Ready(Err(e.clone())),
+            Ok(completion) => completion.poll_wait(cx),
         }
     }
 }
 
-impl fmt::Debug for Wait {
+impl<O: CycleOutput> fmt::Debug for Wait<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wait")
             .field("accepted", &self.completion.is_ok())
@@ -208,6 +228,8 @@ static_assertions::assert_impl_all!(Coalescer<u64>: Send, Sync);
 static_assertions::assert_impl_all!(Builder<u64>: Send);
 static_assertions::assert_impl_all!(Coalescer<String>: Send, Sync);
 static_assertions::assert_impl_all!(Wait: Send, Sync, Unpin);
+static_assertions::assert_impl_all!(Wait<Result<String, std::io::Error>>: Send, Sync, Unpin);
+static_assertions::assert_impl_all!(Coalescer<u64, RandomState, Result<String, std::io::Error>>: Send, Sync);
 
 /// The futures users hold across `.await`s in multi-threaded runtimes must be
 /// `Send`: checked at compile time.

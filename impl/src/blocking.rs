@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::driver::Threads;
 use crate::error::{RunError, StillRunning};
+use crate::output::CycleOutput;
+use crate::retry::{NoRetry, RetryPolicy};
 use crate::shell;
 
 /// A per-key coalescer whose cycles run on threads it owns.
@@ -38,72 +40,82 @@ use crate::shell;
 /// coalescer.shutdown();
 /// assert!(restarts.load(Ordering::Relaxed) >= 1);
 /// ```
-pub type Coalescer<K, S = RandomState> = shell::Coalescer<K, S, Threads>;
+pub type Coalescer<K, S = RandomState, O = ()> = shell::Coalescer<K, S, Threads, O>;
 
 /// Builds a [`Coalescer`] with options.
-pub type Builder<K, S = RandomState> = shell::Builder<K, S, Threads>;
+pub type Builder<K, S = RandomState, P = NoRetry> = shell::Builder<K, S, Threads, P>;
 
 shell::front_end!(Coalescer, Builder);
 
-impl<K, S> Builder<K, S> {
+impl<K, S, P> Builder<K, S, P> {
     /// Builds the coalescer; `cycle` is run for a key each time a cycle of
-    /// that key begins.
-    pub fn build<F>(self, cycle: F) -> Coalescer<K, S>
+    /// that key begins. It returns `()` or, for a cycle that can fail, a
+    /// `Result` ([`CycleOutput`]).
+    pub fn build<F, O>(self, cycle: F) -> Coalescer<K, S, O>
     where
         K: Hash + Eq + Clone + Send + Sync + 'static,
         S: BuildHasher + Send + Sync + 'static,
-        F: Fn(&K) + Send + Sync + 'static,
+        F: Fn(&K) -> O + Send + Sync + 'static,
+        O: CycleOutput,
+        P: RetryPolicy<K, O::Error>,
     {
         // The cycle runs inside the call; its future is ready at once.
         self.finish(
             Threads::new,
-            Box::new(move |key: &K| {
-                cycle(key);
-                Box::pin(std::future::ready(()))
-            }),
+            Box::new(move |key: &K| Box::pin(std::future::ready(cycle(key)))),
         )
     }
 }
 
-impl<K> Coalescer<K>
+impl<K, O> Coalescer<K, RandomState, O>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
+    O: CycleOutput,
 {
     /// A coalescer with the default options that runs `cycle` for a key each
-    /// time a cycle of that key begins.
+    /// time a cycle of that key begins. It returns `()` or, for a cycle that
+    /// can fail, a `Result` ([`CycleOutput`]).
     pub fn new<F>(cycle: F) -> Self
     where
-        F: Fn(&K) + Send + Sync + 'static,
+        F: Fn(&K) -> O + Send + Sync + 'static,
     {
         Builder::new().build(cycle)
     }
 }
 
-impl<K, S> Coalescer<K, S>
+impl<K, S, O> Coalescer<K, S, O>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
+    O: CycleOutput,
 {
     /// Requests a cycle of `key` and blocks until a cycle that began after
-    /// this request was accepted has ended.
+    /// this request was accepted has ended; returns that cycle's value
+    /// (`()` for a cycle that returns nothing). Every waiter that cycle
+    /// covers gets a clone of the value, hence `Clone` (return an `Arc` from
+    /// the cycle for a value that is costly to clone).
     ///
-    /// When this returns `Ok(())`, that cycle completed, and everything it
-    /// did happens-before the return.
+    /// When this returns `Ok`, that cycle completed, and everything it did
+    /// happens-before the return.
     ///
     /// # Errors
     ///
     /// [`RunError::Closed`] if the coalescer is shut down (nothing recorded);
     /// [`RunError::OwnCycle`] from inside a cycle of the same key (nothing
     /// recorded: it would wait for a cycle that cannot begin until the
-    /// calling cycle returns); [`RunError::Panicked`] if the covering cycle
+    /// calling cycle returns); [`RunError::Failed`] with the covering
+    /// cycle's error if it returned one; [`RunError::Panicked`] if it
     /// panicked.
     ///
     /// # Panics
     ///
     /// As [`request`](Self::request).
-    pub fn request_and_wait(&self, key: K) -> Result<(), RunError> {
+    pub fn request_and_wait(&self, key: K) -> Result<O::Value, RunError<O::Error>>
+    where
+        O::Value: Clone,
+    {
         let (_, completion) = self.request_waiting(key)?;
-        completion.wait().into_result()
+        completion.wait()
     }
 
     /// Closes the coalescer and drains it: every later request is rejected

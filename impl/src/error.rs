@@ -1,6 +1,8 @@
 //! Outcomes and errors of the request verbs.
 
+use std::convert::Infallible;
 use std::fmt;
+use std::sync::Arc;
 
 /// How an accepted request will be covered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,13 +32,24 @@ impl fmt::Display for Closed {
 
 impl std::error::Error for Closed {}
 
-/// Why `request_and_wait` did not see its covering cycle complete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Why `request_and_wait` did not get the value of its covering cycle.
+///
+/// `E` is the error type of a fallible cycle (one that returns
+/// `Result<T, E>`); for a cycle that returns `()` it is
+/// [`Infallible`](std::convert::Infallible), the default, so
+/// `Result<(), RunError>` names what such a coalescer's `request_and_wait`
+/// returns.
+#[derive(Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum RunError {
+pub enum RunError<E = Infallible> {
     /// The request was rejected: the coalescer is shut down. No cycle ran
     /// for it.
     Closed,
+    /// The request was accepted and the cycle covering it began after it,
+    /// but that cycle returned this error. Every waiter covered by that
+    /// cycle shares it. The key is not stuck: requests that arrived during
+    /// the cycle get their follow-up, as after a success.
+    Failed(Arc<E>),
     /// The request was accepted and the cycle covering it began after it,
     /// but that cycle panicked. The panic was reported to the panic hook; the
     /// key is not stuck, and later requests start new cycles as usual.
@@ -53,10 +66,36 @@ pub enum RunError {
     Aborted,
 }
 
-impl fmt::Display for RunError {
+impl<E> RunError<E> {
+    /// The covering cycle's error, if it failed.
+    pub fn failure(&self) -> Option<&E> {
+        match self {
+            RunError::Failed(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+// By hand: a derive would ask for `E: Clone`, but the error is shared.
+impl<E> Clone for RunError<E> {
+    fn clone(&self) -> Self {
+        match self {
+            RunError::Closed => RunError::Closed,
+            RunError::Failed(error) => RunError::Failed(Arc::clone(error)),
+            RunError::Panicked => RunError::Panicked,
+            RunError::OwnCycle => RunError::OwnCycle,
+            RunError::Aborted => RunError::Aborted,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for RunError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunError::Closed => fmt::Display::fmt(&Closed, f),
+            RunError::Failed(error) => {
+                write!(f, "the cycle covering this request failed: {error}")
+            }
             RunError::OwnCycle => f.write_str(
                 "request_and_wait called from inside a cycle of the same key, which would wait \
                  for itself; nothing was recorded (use `request` to ask for a follow-up)",
@@ -73,9 +112,13 @@ impl fmt::Display for RunError {
     }
 }
 
-impl std::error::Error for RunError {}
+impl<E: std::error::Error + 'static> std::error::Error for RunError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.failure().map(|error| error as _)
+    }
+}
 
-impl From<Closed> for RunError {
+impl<E> From<Closed> for RunError<E> {
     fn from(_: Closed) -> Self {
         RunError::Closed
     }

@@ -18,7 +18,16 @@
 //!   cycle begins after it returns, and no runner outlives the coalescer;
 //! - **INV-6** idle keys cost no memory: a key's slot is removed when it
 //!   goes idle;
-//! - **INV-7** no spurious cycle: every cycle covers at least one request.
+//! - **INV-7** no spurious cycle: every cycle covers at least one request;
+//! - **INV-8** a waiter gets its covering cycle's answer: a cycle may return
+//!   `Result<T, E>` ([`CycleOutput`]), and `request_and_wait` yields the
+//!   value, or [`RunError::Failed`] with the error, of the cycle that
+//!   covered its request;
+//! - **INV-9** a failed cycle is retried once for all its requests: with
+//!   [`Builder::retry`] (a [`Backoff`], or a closure), a failed cycle's
+//!   requests are owed to one retry after the policy's delay, into which
+//!   every request meanwhile folds — never both a follow-up and a retry;
+//!   a success resets the count.
 //!
 //! Two front ends share one copy of the protocol (state machine, keyed map
 //! with reclamation, runner logic):
@@ -49,16 +58,21 @@
 //! Events have target `coalescer`: `debug` events with the messages
 //! `started` (a request started a runner), `coalesced` (a request was folded
 //! into an active runner) and `reclaimed` (an idle key's slot was removed);
-//! an `error` event for a panicking cycle, with the field `panic_message`.
+//! a `warn` event `cycle failed` for a cycle that returned an error; an
+//! `error` event for a panicking cycle, with the field `panic_message`; with
+//! a retry policy, a `debug` event `retrying` and a `warn` event `gave up
+//! retrying`, each with the field `failures` (consecutive failures so far).
 #![forbid(unsafe_code)]
 
 mod completion;
 mod driver;
 mod error;
 mod memo;
+mod output;
 mod padded;
 mod panic;
 mod registry;
+mod retry;
 mod runner;
 mod shell;
 mod slot;
@@ -76,7 +90,9 @@ mod loom_models;
 
 pub use asynchronous::{Builder, Coalescer, Wait};
 pub use error::{Admission, Closed, RunError, StillRunning};
+pub use output::CycleOutput;
 pub use panic::PanicReport;
+pub use retry::{Backoff, Failure, NoRetry, RetryPolicy};
 pub use stats::Stats;
 
 #[doc(hidden)]

@@ -23,9 +23,12 @@ use coalescer_fixtures::Held;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use loom::thread;
 
-use crate::slot::{AfterCycle, Mark, MarkedRequest, Slot};
+use crate::slot::{AfterCycle, Mark, MarkedRequest};
 use crate::state::Requested;
 use crate::sync::Arc;
+
+/// The slot of a coalescer whose cycles return `()`.
+type Slot = crate::slot::Slot<crate::output::Answer<()>>;
 
 /// One event of a model's execution, in the order loom ran them (loom runs
 /// one thread at a time, so a `std` mutex log is a linearization and adds no
@@ -369,6 +372,7 @@ fn inv2_inv4_slot_a_mark_unregistered_before_its_runner_saw_it_is_not_lost() {
 type Map = crate::registry::Registry<
     u8,
     std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
+    crate::output::Answer<()>,
 >;
 
 /// Admits request `i` for key 0 (its flag written first); for a fresh slot,

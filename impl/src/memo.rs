@@ -8,15 +8,15 @@
 //! forgets it and goes to the map, exactly as a request that finds a dead
 //! slot in the map does.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::padded::Padded;
+use crate::panic::drop_contained;
 use crate::slot::{Mark, Slot};
 use crate::sync::{thread_local_const, Arc, PerThreadValue, StatCounter};
 
 /// What one thread remembers of its own requests to one registry.
-pub(crate) struct Memo<K> {
+pub(crate) struct Memo<K, A> {
     /// Requests this thread folded into a live slot through this memo (see
     /// `Stats`). Written by this thread only; read by the registry's
     /// `coalesced_count`.
@@ -24,23 +24,23 @@ pub(crate) struct Memo<K> {
     /// The last key this thread requested twice in a row through the map and
     /// found live, with its slot and this thread's mark registered there. The
     /// slot may have died since: a request through the memo finds out.
-    pub(crate) hit: Option<Hit<K>>,
+    pub(crate) hit: Option<Hit<K, A>>,
     /// A mark no slot has registered, kept for the next [`Hit`] so that a
     /// memo moving between keys allocates no new one.
     spare: Option<Arc<Mark>>,
 }
 
 /// A memo's key, slot and mark.
-pub(crate) struct Hit<K> {
+pub(crate) struct Hit<K, A> {
     pub(crate) key: K,
-    pub(crate) slot: Arc<Slot>,
+    pub(crate) slot: Arc<Slot<A>>,
     pub(crate) mark: Arc<Mark>,
 }
 
 /// A memo's request counter, as the registry keeps every one of them.
 pub(crate) type MemoCounter = Arc<Padded<StatCounter>>;
 
-impl<K: Send + 'static> Memo<K> {
+impl<K: Send + 'static, A: Send + 'static> Memo<K, A> {
     /// This thread's memo in `value` (a `PerThread` value that holds
     /// nothing but a `Memo<K>`), created on first use with a new counter
     /// that `register` is given to keep.
@@ -58,7 +58,7 @@ impl<K: Send + 'static> Memo<K> {
     fn create(register: impl FnOnce(MemoCounter)) -> PerThreadValue {
         let coalesced = Arc::new(Padded(StatCounter::new(0)));
         register(Arc::clone(&coalesced));
-        Box::new(Memo::<K> {
+        Box::new(Memo::<K, A> {
             coalesced,
             hit: None,
             spare: None,
@@ -67,7 +67,7 @@ impl<K: Send + 'static> Memo<K> {
 
     /// Makes `slot` (live, `key`'s) the memo's hit, with this thread's mark
     /// registered there; the previous hit, if any, is let go first.
-    pub(crate) fn remember(&mut self, key: K, slot: Arc<Slot>) {
+    pub(crate) fn remember(&mut self, key: K, slot: Arc<Slot<A>>) {
         self.forget();
         let mark = self.spare.take().unwrap_or_else(|| Arc::new(Mark::new()));
         slot.watch(Arc::clone(&mark));
@@ -85,7 +85,7 @@ impl<K: Send + 'static> Memo<K> {
             if Arc::strong_count(&mark) == 1 {
                 self.spare = Some(mark);
             }
-            drop_contained(Some(key));
+            drop_contained(Some(key), "a key");
         }
     }
 
@@ -97,19 +97,6 @@ impl<K: Send + 'static> Memo<K> {
         // so no count is lost, and a plain store costs no locked instruction.
         let c = &self.coalesced;
         c.store(c.load(Relaxed) + 1, Relaxed);
-    }
-}
-
-/// Drops `value` — a key, or a memo entry holding one — containing a panic
-/// of the key's `Drop`: it is reported, and the caller (a runner, or a
-/// request already accepted) goes on.
-pub(crate) fn drop_contained<T>(value: Option<T>) {
-    if value.is_none() {
-        return;
-    }
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
-        crate::panic::dispose(payload);
-        tracing::error!(target: "coalescer", "a key's Drop panicked when the coalescer let it go");
     }
 }
 

@@ -84,3 +84,20 @@ pub(crate) fn dispose(payload: Box<dyn Any + Send>) {
         std::mem::forget(again);
     }
 }
+
+/// Drops `value` — a key, a memo entry holding one, or a cycle's value or
+/// error (`what`, for the event) — containing a panic of its `Drop`: it is
+/// reported as an `error` event, and the caller (a runner, or a request
+/// already accepted) goes on.
+pub(crate) fn drop_contained<T>(value: Option<T>, what: &'static str) {
+    if value.is_none() {
+        return;
+    }
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        dispose(payload);
+        tracing::error!(
+            target: "coalescer",
+            "the Drop of {what} panicked when the coalescer let it go"
+        );
+    }
+}

@@ -27,18 +27,19 @@ use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
 
 use crate::completion::Completion;
-use crate::memo::{self, drop_contained, Memo, MemoCounter};
+use crate::memo::{self, Memo, MemoCounter};
 use crate::padded::Padded;
+use crate::panic::drop_contained;
 use crate::slot::{MarkedRequest, Slot};
 use crate::stats::Counters;
 use crate::sync::{Arc, AtomicBool, Ordering, PerThread, RwLock, RwLockWriteGuard, StatCounter};
 
 /// One active key: its hash (computed once, at admission), the key, and its
 /// slot.
-struct Entry<K> {
+struct Entry<K, A> {
     hash: u64,
     key: K,
-    slot: Arc<Slot>,
+    slot: Arc<Slot<A>>,
 }
 
 /// A shard on cache lines of its own: its lock word is written by every
@@ -46,18 +47,18 @@ struct Entry<K> {
 /// sharing a line would make requests for unrelated keys contend. The
 /// shard's count of coalesced requests sits on the same line, which those
 /// requests write anyway, so counting costs no extra line.
-type Shard<K> = Padded<ShardMap<K>>;
+type Shard<K, A> = Padded<ShardMap<K, A>>;
 
 /// The contents of a [`Shard`].
-struct ShardMap<K> {
-    map: RwLock<HashTable<Entry<K>>>,
+struct ShardMap<K, A> {
+    map: RwLock<HashTable<Entry<K, A>>>,
     /// Requests folded into a live slot of this shard through the map (see
     /// `Stats`).
     coalesced: StatCounter,
 }
 
-impl<K> std::ops::Deref for ShardMap<K> {
-    type Target = RwLock<HashTable<Entry<K>>>;
+impl<K, A> std::ops::Deref for ShardMap<K, A> {
+    type Target = RwLock<HashTable<Entry<K, A>>>;
 
     fn deref(&self) -> &Self::Target {
         &self.map
@@ -68,9 +69,10 @@ impl<K> std::ops::Deref for ShardMap<K> {
 /// never reused, so a hint can never point at a later registry by mistake.
 static NEXT_REGISTRY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Every active key's slot, and whether admission is closed.
-pub(crate) struct Registry<K, S> {
-    shards: Box<[Shard<K>]>,
+/// Every active key's slot, and whether admission is closed. `A` is what
+/// a cycle's waiters are told (`output::Answer`).
+pub(crate) struct Registry<K, S, A> {
+    shards: Box<[Shard<K, A>]>,
     /// `shards.len() - 1`; the length is a power of two.
     mask: usize,
     hasher: S,
@@ -97,7 +99,7 @@ pub(crate) const MAX_SHARDS: usize = 1 << 16;
 /// How a kind of request joins a slot: a plain request (nothing to wait
 /// for) or a waiting one (the covering cycle's completion). Implemented in
 /// `shell.rs`.
-pub(crate) trait Join {
+pub(crate) trait Join<A> {
     /// What an accepted request of this kind gets.
     type Covered;
 
@@ -107,11 +109,11 @@ pub(crate) trait Join {
 
     /// Folds the request into `slot`: `Ok(None)` if the slot is dead (the
     /// request must go to a fresh slot); `Err` refuses it, recording nothing.
-    fn join(slot: &Slot) -> Result<Option<Self::Covered>, Refused>;
+    fn join(slot: &Slot<A>) -> Result<Option<Self::Covered>, Refused>;
 
     /// For a request that creates a fresh slot: the completion the slot is
     /// born with (its cycle 1's), and what the request gets.
-    fn fresh() -> (Option<Arc<Completion>>, Self::Covered);
+    fn fresh() -> (Option<Arc<Completion<A>>>, Self::Covered);
 }
 
 /// Why admission refused a request. Nothing was recorded.
@@ -125,12 +127,12 @@ pub(crate) enum Refused {
 }
 
 /// What admission did with a request.
-pub(crate) enum Admitted<'a, K, C> {
+pub(crate) enum Admitted<'a, K, C, A> {
     /// The request joined a live slot.
     Joined(C),
     /// The key is idle: the request is to create its slot, and whoever
     /// starts that slot's runner inserts it (or drops it: nothing recorded).
-    Vacant(Vacant<'a, K, C>),
+    Vacant(Vacant<'a, K, C, A>),
 }
 
 /// An idle key's fresh slot, not yet in the map, with the shard's write
@@ -138,21 +140,21 @@ pub(crate) enum Admitted<'a, K, C> {
 /// is visible to the drain (INV-5), and no other request can create a slot
 /// for the key meanwhile. Dropped without [`insert`](Self::insert), it
 /// records nothing.
-pub(crate) struct Vacant<'a, K, C> {
-    map: RwLockWriteGuard<'a, HashTable<Entry<K>>>,
+pub(crate) struct Vacant<'a, K, C, A> {
+    map: RwLockWriteGuard<'a, HashTable<Entry<K, A>>>,
     active: &'a StatCounter,
     hash: u64,
     key: K,
-    slot: Arc<Slot>,
+    slot: Arc<Slot<A>>,
     covered: C,
 }
 
-impl<'a, K, C> Vacant<'a, K, C> {
+impl<'a, K, C, A> Vacant<'a, K, C, A> {
     pub(crate) fn key(&self) -> &K {
         &self.key
     }
 
-    pub(crate) fn slot(&self) -> &Arc<Slot> {
+    pub(crate) fn slot(&self) -> &Arc<Slot<A>> {
         &self.slot
     }
 
@@ -190,20 +192,21 @@ impl<'a, K, C> Vacant<'a, K, C> {
     }
 }
 
-impl<K, S> Registry<K, S>
+impl<K, S, A> Registry<K, S, A>
 where
     K: Hash + Eq + Send + 'static,
     S: BuildHasher,
+    A: Send + 'static,
 {
     /// Admits a request for `key` that does not wait, of kind `J`.
     ///
     /// If the key is active, the request is folded into its slot — found
     /// through this thread's memo, or else in the map. Otherwise the answer
     /// is a [`Vacant`] fresh slot, under the shard's write lock.
-    pub(crate) fn admit_plain<J: Join<Covered = ()>>(
+    pub(crate) fn admit_plain<J: Join<A, Covered = ()>>(
         &self,
         key: K,
-    ) -> Result<Admitted<'_, K, ()>, Refused> {
+    ) -> Result<Admitted<'_, K, (), A>, Refused> {
         if memo::holds_memo_in(self.id) {
             if let Some(decided) = self.admit_by_memo(&key) {
                 return decided;
@@ -214,7 +217,10 @@ where
 
     /// Admits a request for `key` of kind `J` through the map alone (a
     /// waiting request: memos carry no completions).
-    pub(crate) fn admit<J: Join>(&self, key: K) -> Result<Admitted<'_, K, J::Covered>, Refused> {
+    pub(crate) fn admit<J: Join<A>>(
+        &self,
+        key: K,
+    ) -> Result<Admitted<'_, K, J::Covered, A>, Refused> {
         self.admit_by_map::<J>(key)
     }
 
@@ -223,7 +229,7 @@ where
     /// nothing another thread writes. `None`: the memo does not decide (it
     /// holds another key, is busy, or its slot is dead — then it is
     /// forgotten), and the request goes to the map.
-    fn admit_by_memo(&self, key: &K) -> Option<Result<Admitted<'_, K, ()>, Refused>> {
+    fn admit_by_memo(&self, key: &K) -> Option<Result<Admitted<'_, K, (), A>, Refused>> {
         self.memos.with(|value| {
             let memo = value.and_then(|v| self.memo_of(v))?;
             let hit = memo.hit.as_ref().filter(|hit| hit.key == *key)?;
@@ -250,7 +256,7 @@ where
     /// The map paths of admission. Not inlined: the memo path stays small
     /// (no frame for the map paths' locals).
     #[inline(never)]
-    fn admit_by_map<J: Join>(&self, key: K) -> Result<Admitted<'_, K, J::Covered>, Refused> {
+    fn admit_by_map<J: Join<A>>(&self, key: K) -> Result<Admitted<'_, K, J::Covered, A>, Refused> {
         let hash = self.hash(&key);
         let shard = self.shard(hash);
         // A key requested twice in a row by this thread is worth remembering.
@@ -300,7 +306,7 @@ where
     }
 
     /// Makes `slot` (live, `key`'s) this thread's memo for this registry.
-    fn remember(&self, key: K, slot: Arc<Slot>) {
+    fn remember(&self, key: K, slot: Arc<Slot<A>>) {
         self.memos.with(|value| {
             if let Some(memo) = value.and_then(|v| self.memo_of(v)) {
                 memo.remember(key, slot);
@@ -314,12 +320,12 @@ where
     fn memo_of<'v>(
         &self,
         value: &'v mut Option<crate::sync::PerThreadValue>,
-    ) -> Option<&'v mut Memo<K>> {
+    ) -> Option<&'v mut Memo<K, A>> {
         Memo::of(value, |counter| self.memo_counts().push(counter))
     }
 }
 
-impl<K, S> Registry<K, S>
+impl<K, S, A> Registry<K, S, A>
 where
     K: Hash + Eq,
     S: BuildHasher,
@@ -357,7 +363,7 @@ where
     /// The shard of a key with hash `hash`. The table uses the hash's low
     /// bits (bucket) and top seven (tag); the shard takes bits from the
     /// middle, so that within a shard the buckets still spread.
-    fn shard(&self, hash: u64) -> &Shard<K> {
+    fn shard(&self, hash: u64) -> &Shard<K, A> {
         &self.shards[self.shard_index(hash)]
     }
 
@@ -366,14 +372,17 @@ where
         (hash >> 32) as usize & self.mask
     }
 
-    fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         // ORDERING: Acquire pairs with the Release store in `close`: a
         // request that happens-after `close` sees the flag. On the map paths
         // it is read under a shard lock, whose hand-off with `close`'s barrier
         // guarantees that a request that missed the flag finished before
         // `close` returned (INV-5). On the memo path it is read before the
         // mark is set; a request that misses it there can only fold into a
-        // slot whose runner is still live, which the drain waits for.
+        // slot whose runner is still live, which the drain waits for. A
+        // runner reads it as a cycle begins (a retry's last chance, in
+        // `runner::run`); a stale `false` there only allows one more retry,
+        // whose wait the drain cuts short.
         self.closed.load(Ordering::Acquire)
     }
 
@@ -383,7 +392,7 @@ where
     /// The slot is found by the hash the runner kept and by identity: no
     /// user code runs here except the key's `Drop` for the map's copy, which
     /// is contained, so a runner never dies of its key.
-    pub(crate) fn reclaim(&self, hash: u64, slot: &Arc<Slot>) {
+    pub(crate) fn reclaim(&self, hash: u64, slot: &Arc<Slot<A>>) {
         let mut map = self.shard(hash).write();
         let removed = match map.find_entry(hash, |e| Arc::ptr_eq(&e.slot, slot)) {
             Ok(entry) => Some(entry.remove().0),
@@ -399,7 +408,7 @@ where
         }
         drop(map);
         // The key's `Drop`, outside the lock.
-        drop_contained(removed);
+        drop_contained(removed, "a key");
         tracing::debug!(target: "coalescer", "reclaimed");
     }
 
@@ -439,7 +448,7 @@ fn shrink_target(len: usize, capacity: usize) -> Option<usize> {
     (capacity > SHRINK_FLOOR && len * 4 < capacity).then_some(len * 2)
 }
 
-impl<K, S> Registry<K, S> {
+impl<K, S, A> Registry<K, S, A> {
     /// Closes admission. When this returns, every later `admit` fails with
     /// `Closed`, and every earlier successful `admit` has finished: its
     /// request is in a live slot and any runner it started was registered by
@@ -489,7 +498,7 @@ impl<K, S> Registry<K, S> {
 }
 
 /// Counts a request folded into a live slot through the map, in its shard.
-fn coalesced<'a, K, C>(shard: &Shard<K>, covered: C) -> Admitted<'a, K, C> {
+fn coalesced<'a, K, C, A>(shard: &Shard<K, A>, covered: C) -> Admitted<'a, K, C, A> {
     Counters::bump(&shard.coalesced);
     tracing::debug!(target: "coalescer", "coalesced");
     Admitted::Joined(covered)
@@ -499,14 +508,18 @@ fn coalesced<'a, K, C>(shard: &Shard<K>, covered: C) -> Admitted<'a, K, C> {
 // models of admission and reclamation are in `loom_models.rs`).
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::{shrink_target, Admitted, Registry};
+    use super::{shrink_target, Admitted};
+    use crate::output::Answer;
     use crate::shell::Plain;
     use crate::slot::{AfterCycle, Slot};
     use crate::sync::Arc;
     use std::collections::hash_map::RandomState;
 
+    /// The registry of a coalescer whose cycles return `()`.
+    type Registry<K> = super::Registry<K, RandomState, Answer<()>>;
+
     /// Creates key 0's slot through admission: its slot and hash.
-    fn create(map: &Registry<u8, RandomState>) -> (Arc<Slot>, u64) {
+    fn create(map: &Registry<u8>) -> (Arc<Slot<Answer<()>>>, u64) {
         let Ok(Admitted::Vacant(vacant)) = map.admit::<Plain>(0) else {
             panic!("key 0 is idle: its request creates the slot");
         };
@@ -521,7 +534,7 @@ mod tests {
     /// start a second live runner beside it.
     #[test]
     fn reclaiming_a_dead_slot_leaves_its_replacement() {
-        let map = Registry::<u8, RandomState>::new(1, RandomState::new());
+        let map = Registry::<u8>::new(1, RandomState::new());
         let (old, hash) = create(&map);
         let begun = old.begin();
         assert_eq!(old.go_idle(&begun), AfterCycle::Idle);
@@ -545,7 +558,7 @@ mod tests {
     fn keys_spread_over_every_shard() {
         const SHARDS: usize = 16;
         const KEYS: u64 = 4096;
-        let registry = Registry::<u64, RandomState>::new(SHARDS, RandomState::new());
+        let registry = Registry::<u64>::new(SHARDS, RandomState::new());
         let mut per_shard = [0usize; SHARDS];
         for key in 0..KEYS {
             per_shard[registry.shard_index(registry.hash(&key))] += 1;

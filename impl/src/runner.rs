@@ -9,29 +9,44 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicU8;
 use std::task::{Context, Poll};
 
-use crate::completion::{Completion, Outcome};
-use crate::driver::{BoxFuture, Driver};
-use crate::panic::{self, PanicHook};
+use std::time::{Duration, Instant};
+
+use crate::completion::Completion;
+use crate::driver::Driver;
+use crate::error::RunError;
+use crate::output::{Answer, CycleOutput};
+use crate::panic::{self, drop_contained, PanicHook};
 use crate::registry::Registry;
+use crate::retry::{Failure, RetryPolicy};
 use crate::slot::{AfterCycle, Begun, Slot};
+use crate::state::Requested;
 use crate::stats::{Counters, Stats};
 use crate::sync::{thread_local_const, Arc};
+
+/// One cycle, as the runner awaits it.
+pub(crate) type CycleFuture<O> = Pin<Box<dyn Future<Output = O> + Send>>;
 
 /// The cycle function, as every driver calls it: called when a cycle
 /// begins, its future awaited. (A blocking cycle runs inside the call and
 /// returns a ready future.)
-pub(crate) type CycleFn<K> = Box<dyn Fn(&K) -> BoxFuture + Send + Sync>;
+pub(crate) type CycleFn<K, O> = Box<dyn Fn(&K) -> CycleFuture<O> + Send + Sync>;
 
-/// What a coalescer's verbs and its runners share.
-pub(crate) struct Shared<K, S, D> {
-    pub(crate) registry: Registry<K, S>,
+/// What a coalescer's verbs and its runners share; `O` is what its cycles
+/// return.
+pub(crate) struct Shared<K, S, D, O: CycleOutput> {
+    pub(crate) registry: Registry<K, S, Answer<O>>,
     pub(crate) counters: Counters,
     pub(crate) hook: PanicHook<K>,
-    pub(crate) cycle: CycleFn<K>,
+    pub(crate) cycle: CycleFn<K, O>,
+    /// A key's next cycle begins no earlier than this after its previous
+    /// cycle began (`None`: no pacing, or no timers to pace with).
+    pub(crate) min_interval: Option<Duration>,
+    /// Retries failed cycles (`None`: a failure is not retried).
+    pub(crate) retry: Option<Box<dyn RetryPolicy<K, O::Error>>>,
     pub(crate) driver: D,
 }
 
-impl<K, S, D: Driver> Shared<K, S, D> {
+impl<K, S, D: Driver, O: CycleOutput> Shared<K, S, D, O> {
     /// Closes admission (every later request is rejected, every earlier one
     /// is in a live slot: INV-5) and ends every pacing wait, so the drain
     /// runs pending follow-ups at once.
@@ -41,7 +56,7 @@ impl<K, S, D: Driver> Shared<K, S, D> {
     }
 }
 
-impl<K, S, D> Shared<K, S, D> {
+impl<K, S, D, O: CycleOutput> Shared<K, S, D, O> {
     /// A snapshot of the counters.
     pub(crate) fn stats(&self) -> Stats {
         self.counters.snapshot(self.registry.coalesced_count())
@@ -55,48 +70,167 @@ impl<K, S, D> Shared<K, S, D> {
 
 /// One key's runner: started by the request that created `slot`, it runs
 /// cycles until the slot goes idle, then removes the slot from the map.
-#[derive(Debug)]
-pub(crate) struct Runner<K> {
+pub(crate) struct Runner<K, O: CycleOutput> {
     key: K,
-    slot: Arc<Slot>,
+    slot: Arc<Slot<Answer<O>>>,
     /// The key's hash, from admission: reclamation finds the slot by it.
     hash: u64,
+    /// The key's consecutive failed cycles (counted only with a retry
+    /// policy): reset by a success and by a give-up.
+    failures: u32,
+    /// The completions of failed cycles whose requests a retry owes: told
+    /// with the answer of the cycle that ends the run of retries (a success,
+    /// or the failure after which the policy gave up).
+    owed: Vec<Arc<Completion<Answer<O>>>>,
 }
 
-impl<K: Hash + Eq> Runner<K> {
-    pub(crate) fn new(key: K, slot: Arc<Slot>, hash: u64) -> Self {
-        Runner { key, slot, hash }
-    }
+/// What a runner does after a cycle, as [`Runner::finish`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Wait out any pacing, then go idle or run the follow-up (`settle`).
+    Settle,
+    /// The cycle failed and is retried: the runner has requested its own
+    /// key again, and begins the retry once `delay` has passed since the
+    /// failure (and any pacing), without going idle in between.
+    Retry { delay: Duration },
+}
 
-    /// Finishes the cycle `begun`, which returned `result`: a panic is
-    /// counted and reported once (INV-3), and waiters are told. The slot
-    /// stays live; [`settle`](Self::settle) decides what comes next.
+impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
+    /// Finishes the cycle `begun`, which returned `result`: a failure (an
+    /// error returned) is counted and reported, a panic counted and
+    /// reported once (INV-3); then either the retry policy retries the
+    /// failure (INV-9) or the waiters are told (INV-8). The slot stays live
+    /// either way: [`settle`](Self::settle), or the retry, comes next.
+    /// `last_chance`: the cycle began after shutdown did, so it is not
+    /// retried.
     fn finish<S, D>(
-        &self,
-        shared: &Shared<K, S, D>,
-        begun: &Begun,
-        result: Result<(), Box<dyn Any + Send>>,
-    ) {
-        let outcome = match result {
-            Ok(()) => Outcome::Completed,
+        &mut self,
+        shared: &Shared<K, S, D, O>,
+        begun: &mut Begun<Answer<O>>,
+        result: Result<O, Box<dyn Any + Send>>,
+        last_chance: bool,
+    ) -> Then {
+        let answer = match result {
+            Ok(output) => output.into_result().map_err(|error| {
+                Counters::bump(&shared.counters.failures);
+                tracing::warn!(
+                    target: "coalescer",
+                    "cycle failed; requests that arrived during it get their follow-up cycle"
+                );
+                RunError::Failed(Arc::new(error))
+            }),
             Err(payload) => {
                 Counters::bump(&shared.counters.panics);
                 panic::report(&shared.hook, &self.key, payload);
-                Outcome::Panicked
+                Err(RunError::Panicked)
             }
         };
         Counters::bump(&shared.counters.cycles);
-        if let Some(completion) = &begun.completion {
-            completion.resolve(outcome);
+        let waiting = begun.completion.take();
+        match (&answer, &shared.retry) {
+            (Ok(_), _) => self.failures = 0,
+            (Err(error), Some(policy)) => {
+                self.failures = self.failures.saturating_add(1);
+                let delay = if last_chance {
+                    None
+                } else {
+                    self.ask(policy.as_ref(), error)
+                };
+                if let Some(delay) = delay {
+                    Counters::bump(&shared.counters.retries);
+                    tracing::debug!(target: "coalescer", failures = self.failures, "retrying");
+                    // The failed cycle covered nothing: its requests are
+                    // owed to the retry, which the runner requests itself —
+                    // the one cycle every request since the failed cycle
+                    // began folds into (INV-9).
+                    self.owed.extend(waiting);
+                    let requested = self.slot.request();
+                    debug_assert!(
+                        requested != Requested::Dead,
+                        "only the runner kills its slot"
+                    );
+                    drop_contained(Some(answer), "a cycle's value or error");
+                    return Then::Retry { delay };
+                }
+                Counters::bump(&shared.counters.give_ups);
+                tracing::warn!(
+                    target: "coalescer",
+                    failures = self.failures,
+                    "gave up retrying; the waiters get the last failure, and requests that \
+                     arrived during it get their follow-up cycle"
+                );
+                self.failures = 0;
+            }
+            (Err(_), None) => {}
         }
+        self.tell(waiting, answer);
+        Then::Settle
+    }
+
+    /// The retry policy's verdict on the failure `error` (a panic in the
+    /// policy is contained and gives up).
+    fn ask(
+        &self,
+        policy: &dyn RetryPolicy<K, O::Error>,
+        error: &RunError<O::Error>,
+    ) -> Option<Duration> {
+        let failure = match error {
+            RunError::Failed(error) => Failure::Error(&**error),
+            _ => Failure::Panicked,
+        };
+        match catch_unwind(AssertUnwindSafe(|| {
+            policy.retry_after(&self.key, &failure, self.failures)
+        })) {
+            Ok(delay) => delay,
+            Err(payload) => {
+                panic::dispose(payload);
+                tracing::error!(target: "coalescer", "the retry policy panicked; giving up");
+                None
+            }
+        }
+    }
+}
+
+impl<K: Hash + Eq, O: CycleOutput> Runner<K, O> {
+    pub(crate) fn new(key: K, slot: Arc<Slot<Answer<O>>>, hash: u64) -> Self {
+        Runner {
+            key,
+            slot,
+            hash,
+            failures: 0,
+            owed: Vec::new(),
+        }
+    }
+
+    /// Tells the waiters of this cycle, and of the failed cycles it ends
+    /// the retries of, `answer`. What nobody waits for is dropped here —
+    /// the answer, or the last reference to a completion whose waiters have
+    /// gone — with a panic of the value's or the error's `Drop` contained.
+    fn tell(&mut self, waiting: Option<Arc<Completion<Answer<O>>>>, answer: Answer<O>) {
+        // One completion holds the answer; the others resolve as that one.
+        let mut told = self.owed.drain(..).chain(waiting);
+        let Some(first) = told.next() else {
+            drop_contained(Some(answer), "a cycle's value or error");
+            return;
+        };
+        let unclaimed = first.resolve(answer);
+        let others: Vec<_> = told.collect();
+        for completion in &others {
+            completion.resolve_as(&first);
+        }
+        drop_contained(Some((first, others, unclaimed)), "a cycle's value or error");
     }
 
     /// After [`finish`](Self::finish) (and any `min_interval` wait): the slot
     /// goes idle if no request arrived since `begun` (INV-2) — and is then
-    /// removed from the map (INV-6). A panicking cycle settles through this
-    /// same path, so a request that arrived during it makes `go_idle` fail
-    /// and gets its follow-up (D2).
-    fn settle<S: BuildHasher, D>(&self, shared: &Shared<K, S, D>, begun: &Begun) -> AfterCycle {
+    /// removed from the map (INV-6). A panicking or failed cycle settles
+    /// through this same path, so a request that arrived during it makes
+    /// `go_idle` fail and gets its follow-up (D2).
+    fn settle<S: BuildHasher, D>(
+        &self,
+        shared: &Shared<K, S, D, O>,
+        begun: &Begun<Answer<O>>,
+    ) -> AfterCycle {
         let next = self.slot.go_idle(begun);
         if next == AfterCycle::Idle {
             shared.registry.reclaim(self.hash, &self.slot);
@@ -105,20 +239,21 @@ impl<K: Hash + Eq> Runner<K> {
     }
 
     /// Tears down a runner that is stopped mid-flight (its task aborted or
-    /// dropped unpolled): the cycle it was running, if any (`current`), and
-    /// the cycle its slot would have begun next both resolve as aborted, and
-    /// the slot is killed and removed so no request is stranded in it.
+    /// dropped unpolled): the cycle it was running, if any (`current`), the
+    /// failed cycles a retry owed, and the cycle its slot would have begun
+    /// next all resolve as aborted, and the slot is killed and removed so no
+    /// request is stranded in it.
     fn abandon<S: BuildHasher, D>(
-        &self,
-        shared: &Shared<K, S, D>,
-        current: Option<Arc<Completion>>,
+        &mut self,
+        shared: &Shared<K, S, D, O>,
+        current: Option<Arc<Completion<Answer<O>>>>,
     ) {
-        if let Some(completion) = current {
-            completion.resolve(Outcome::Aborted);
-        }
-        if let Some(next) = self.slot.abandon() {
-            next.resolve(Outcome::Aborted);
-        }
+        // None of these completions has an answer yet: `current` is the
+        // running cycle's, the owed ones wait for the retry, and the next
+        // cycle never began.
+        self.owed.extend(current);
+        self.owed.extend(self.slot.abandon());
+        self.tell(None, Err(RunError::Aborted));
         shared.registry.reclaim(self.hash, &self.slot);
     }
 }
@@ -127,11 +262,11 @@ impl<K: Hash + Eq> Runner<K> {
 /// abandons the slot if the driver drops the runner before it went idle —
 /// a task aborted by the async coalescer's `Drop`, or dropped unpolled by a
 /// runtime that is shutting down — so no waiter and no request is stranded.
-struct Task<K: Hash + Eq, S: BuildHasher, D: Driver> {
-    shared: Arc<Shared<K, S, D>>,
-    runner: Runner<K>,
+struct Task<K: Hash + Eq, S: BuildHasher, D: Driver, O: CycleOutput> {
+    shared: Arc<Shared<K, S, D, O>>,
+    runner: Runner<K, O>,
     /// The completion of the cycle running now, if anyone waits for it.
-    current: Option<Arc<Completion>>,
+    current: Option<Arc<Completion<Answer<O>>>>,
     /// Cleared when the runner went idle normally.
     armed: bool,
     /// Set when the driver first polls the runner (never inside `spawn`).
@@ -139,7 +274,7 @@ struct Task<K: Hash + Eq, S: BuildHasher, D: Driver> {
     launch: Launch,
 }
 
-impl<K: Hash + Eq, S: BuildHasher, D: Driver> Drop for Task<K, S, D> {
+impl<K: Hash + Eq, S: BuildHasher, D: Driver, O: CycleOutput> Drop for Task<K, S, D, O> {
     fn drop(&mut self) {
         if !self.armed || !(self.polled || self.launch.dropped_after_launch()) {
             return;
@@ -208,16 +343,17 @@ pub(crate) enum StartError {
 
 /// Starts the runner of a fresh slot on `shared`'s driver. Called while
 /// admission holds the key's shard write lock (the slot's `Vacant`).
-pub(crate) fn start<K, S, D>(
-    shared: &Arc<Shared<K, S, D>>,
+pub(crate) fn start<K, S, D, O>(
+    shared: &Arc<Shared<K, S, D, O>>,
     key: K,
-    slot: Arc<Slot>,
+    slot: Arc<Slot<Answer<O>>>,
     hash: u64,
 ) -> Result<(), StartError>
 where
     K: Hash + Eq + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
     D: Driver,
+    O: CycleOutput,
 {
     let launch = Launch::new();
     let task = Task {
@@ -240,31 +376,52 @@ where
 }
 
 /// The runner loop: cycles until the key goes idle (INV-2), each under
-/// panic containment (INV-3), paced by the driver between cycles.
-async fn run<K, S, D>(mut this: Task<K, S, D>)
+/// panic containment (INV-3), failed ones retried by the policy (INV-9),
+/// paced by the driver between cycles.
+async fn run<K, S, D, O>(mut this: Task<K, S, D, O>)
 where
-    K: Hash + Eq,
+    K: Hash + Eq + 'static,
     S: BuildHasher,
     D: Driver,
+    O: CycleOutput,
 {
     this.polled = true;
     loop {
         if this.shared.driver.is_aborted() {
             return; // the guard abandons the slot
         }
-        let begun = this.runner.slot.begin();
-        let began = this.shared.driver.clock();
+        let mut begun = this.runner.slot.begin();
+        let paced = this
+            .shared
+            .min_interval
+            .map(|d| (this.shared.driver.now(), d));
+        // A cycle that begins once shutdown has begun is the key's last
+        // chance: it is not retried (the drain must end).
+        let last_chance = this.shared.retry.is_some() && this.shared.registry.is_closed();
         this.current.clone_from(&begun.completion);
         let result = cycle(&this.shared, &this.runner).await;
         this.current = None;
-        this.runner.finish(&this.shared, &begun, result);
-        if let Some(began) = began {
-            // The slot stays live meanwhile: requests coalesce into one
-            // paced follow-up. Aborted here, the guard abandons the slot as
-            // anywhere else.
-            this.shared.driver.until_next(began).await;
+        let then = this
+            .runner
+            .finish(&this.shared, &mut begun, result, last_chance);
+        // The waits between cycles: the slot stays live meanwhile, so
+        // requests fold into the one cycle that follows. Aborted here, the
+        // guard abandons the slot as anywhere else.
+        // Each bound is `None` if there is none, `Some(None)` if it is too
+        // far to name (never: only the drain ends the wait).
+        let paced_until = paced.map(|(began, interval)| began.checked_add(interval));
+        let until = match then {
+            Then::Settle => paced_until,
+            Then::Retry { delay } => {
+                let backoff = this.shared.driver.now().checked_add(delay);
+                // The later bound wins.
+                Some(paced_until.map_or(backoff, |paced| later(paced, backoff)))
+            }
+        };
+        if let Some(deadline) = until {
+            this.shared.driver.until(deadline).await;
         }
-        if this.runner.settle(&this.shared, &begun) == AfterCycle::Idle {
+        if then == Then::Settle && this.runner.settle(&this.shared, &begun) == AfterCycle::Idle {
             this.armed = false;
             this.shared.driver.reap();
             return;
@@ -272,13 +429,18 @@ where
     }
 }
 
+/// The later of two deadlines, `None` (never) if either is.
+fn later(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    Some(a?.max(b?))
+}
+
 /// One cycle of `runner`'s key: the cycle function called and its future
 /// awaited, a panic in either caught, with this thread marked as running
 /// the cycle meanwhile.
-async fn cycle<K, S, D>(
-    shared: &Shared<K, S, D>,
-    runner: &Runner<K>,
-) -> Result<(), Box<dyn Any + Send>> {
+async fn cycle<K, S, D, O: CycleOutput>(
+    shared: &Shared<K, S, D, O>,
+    runner: &Runner<K, O>,
+) -> Result<O, Box<dyn Any + Send>> {
     let mark = (shared.id(), runner.slot.id());
     let called = catch_unwind(AssertUnwindSafe(|| {
         let _in_cycle = enter_cycle(mark);
@@ -292,18 +454,19 @@ async fn cycle<K, S, D>(
 
 /// A cycle future whose panics — while polled, or while dropped — are caught.
 ///
-/// Resolves to `Err(payload)` if polling panicked or if dropping the finished
-/// future panicked. Dropped before it resolves (its task aborted), it drops
-/// the inner future under `catch_unwind` too and discards any panic.
-struct Contained {
-    cycle: Option<BoxFuture>,
+/// Resolves to the cycle's output, or to `Err(payload)` if polling panicked
+/// or if dropping the finished future panicked (then the output, if any, is
+/// dropped). Dropped before it resolves (its task aborted), it drops the
+/// inner future under `catch_unwind` too and discards any panic.
+struct Contained<O> {
+    cycle: Option<CycleFuture<O>>,
     /// The coalescer and slot whose cycle this is: marked as the thread's
     /// current cycle while the future is polled.
     mark: (usize, usize),
 }
 
-impl Contained {
-    fn new(cycle: BoxFuture, mark: (usize, usize)) -> Self {
+impl<O> Contained<O> {
+    fn new(cycle: CycleFuture<O>, mark: (usize, usize)) -> Self {
         Contained {
             cycle: Some(cycle),
             mark,
@@ -311,23 +474,28 @@ impl Contained {
     }
 }
 
-impl Future for Contained {
-    type Output = Result<(), Box<dyn Any + Send>>;
+impl<O> Future for Contained<O> {
+    type Output = Result<O, Box<dyn Any + Send>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let _in_cycle = enter_cycle(self.mark);
         let Some(cycle) = self.cycle.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let polled = catch_unwind(AssertUnwindSafe(|| cycle.as_mut().poll(cx)));
-        if let Ok(Poll::Pending) = polled {
+            // Polled again after it resolved: the runner never does.
             return Poll::Pending;
-        }
+        };
+        let output = match catch_unwind(AssertUnwindSafe(|| cycle.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(output)) => Ok(output),
+            Err(payload) => Err(payload),
+        };
         let finished = self.cycle.take();
         let dropped = catch_unwind(AssertUnwindSafe(move || drop(finished)));
-        Poll::Ready(match (polled, dropped) {
-            (Ok(_), Ok(())) => Ok(()),
-            (Err(payload), Ok(())) | (Ok(_), Err(payload)) => Err(payload),
+        Poll::Ready(match (output, dropped) {
+            (output, Ok(())) => output,
+            (Ok(output), Err(payload)) => {
+                drop_contained(Some(output), "a cycle's value or error");
+                Err(payload)
+            }
             (Err(payload), Err(again)) => {
                 panic::dispose(again);
                 Err(payload)
@@ -336,7 +504,7 @@ impl Future for Contained {
     }
 }
 
-impl Drop for Contained {
+impl<O> Drop for Contained<O> {
     fn drop(&mut self) {
         if let Some(cycle) = self.cycle.take() {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(cycle))) {

@@ -13,35 +13,39 @@ use std::time::Duration;
 use crate::completion::Completion;
 use crate::driver::Driver;
 use crate::error::{Admission, Closed, RunError};
+use crate::output::{Answer, CycleOutput};
 use crate::panic::{self, PanicHook};
 use crate::registry::{Admitted, Join, Refused, Registry};
+use crate::retry::{NoRetry, RetryPolicy};
 use crate::runner::{self, in_cycle_of, CycleFn, Shared, StartError};
 use crate::slot::Slot;
 use crate::state::Requested;
 use crate::stats::Counters;
 use crate::sync::Arc;
 
-/// A per-key coalescer on driver `D`; used as [`crate::Coalescer`] (tokio
-/// tasks) and [`crate::blocking::Coalescer`] (threads), whose docs say what
-/// each guarantees.
-pub struct Coalescer<K, S, D: Driver> {
-    pub(crate) shared: Arc<Shared<K, S, D>>,
+/// A per-key coalescer on driver `D` whose cycles return `O`; used as
+/// [`crate::Coalescer`] (tokio tasks) and [`crate::blocking::Coalescer`]
+/// (threads), whose docs say what each guarantees.
+pub struct Coalescer<K, S, D: Driver, O: CycleOutput> {
+    pub(crate) shared: Arc<Shared<K, S, D, O>>,
 }
 
-/// A builder on driver `D`; used as [`crate::Builder`] and
-/// [`crate::blocking::Builder`].
-pub struct Builder<K, S, D: Driver> {
+/// A builder on driver `D` with retry policy `P`; used as
+/// [`crate::Builder`] and [`crate::blocking::Builder`].
+pub struct Builder<K, S, D: Driver, P> {
     pub(crate) hook: PanicHook<K>,
     pub(crate) hasher: S,
     pub(crate) shards: usize,
     /// A key's follow-up cycle begins no earlier than this after the
     /// previous cycle of that key began. Zero: no pacing.
     pub(crate) min_interval: Duration,
+    /// Whether, and after how long, a failed cycle is retried (`None`: never).
+    pub(crate) retry: Option<P>,
     /// The driver's own options.
     pub(crate) driver: D::Config,
 }
 
-impl<K, D: Driver> Builder<K, RandomState, D> {
+impl<K, D: Driver> Builder<K, RandomState, D, NoRetry> {
     /// The defaults (see `new`, in [`front_end!`]).
     pub(crate) fn defaults() -> Self {
         Builder {
@@ -49,6 +53,7 @@ impl<K, D: Driver> Builder<K, RandomState, D> {
             hasher: RandomState::new(),
             shards: default_shards(),
             min_interval: Duration::ZERO,
+            retry: None,
             driver: D::Config::default(),
         }
     }
@@ -59,37 +64,45 @@ fn default_shards() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get()) * 4
 }
 
-impl<K, S, D: Driver> Builder<K, S, D> {
+impl<K, S, D: Driver, P> Builder<K, S, D, P> {
     /// The coalescer running `cycle` on the driver `driver` makes from the
-    /// builder's driver options and pacing interval.
-    pub(crate) fn finish(
+    /// builder's driver options and whether it will wait between cycles.
+    pub(crate) fn finish<O: CycleOutput>(
         self,
-        driver: impl FnOnce(D::Config, Duration) -> D,
-        cycle: CycleFn<K>,
-    ) -> Coalescer<K, S, D>
+        driver: impl FnOnce(D::Config, bool) -> D,
+        cycle: CycleFn<K, O>,
+    ) -> Coalescer<K, S, D, O>
     where
         K: Hash + Eq,
         S: BuildHasher,
+        P: RetryPolicy<K, O::Error>,
     {
-        let driver = driver(self.driver, self.min_interval);
+        let paced = !self.min_interval.is_zero();
+        let driver = driver(self.driver, paced || self.retry.is_some());
+        let timers = driver.has_timers();
         Coalescer {
             shared: Arc::new(Shared {
                 registry: Registry::new(self.shards, self.hasher),
                 counters: Counters::default(),
                 hook: self.hook,
                 cycle,
+                min_interval: (paced && timers).then_some(self.min_interval),
+                retry: self
+                    .retry
+                    .map(|policy| Box::new(policy) as Box<dyn RetryPolicy<K, O::Error>>),
                 driver,
             }),
         }
     }
 }
 
-impl<K, S: fmt::Debug, D: Driver> fmt::Debug for Builder<K, S, D> {
+impl<K, S: fmt::Debug, D: Driver, P: fmt::Debug> fmt::Debug for Builder<K, S, D, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("hasher", &self.hasher)
             .field("shards", &self.shards)
             .field("min_interval", &self.min_interval)
+            .field("retry", &self.retry)
             .field("driver", &self.driver)
             .finish_non_exhaustive()
     }
@@ -103,10 +116,11 @@ impl<K, S: fmt::Debug, D: Driver> fmt::Debug for Builder<K, S, D> {
 /// generic type.
 macro_rules! front_end {
     ($coalescer:ident, $builder:ident) => {
-        impl<K, S> $coalescer<K, S>
+        impl<K, S, O> $coalescer<K, S, O>
         where
             K: ::std::hash::Hash + Eq + Clone + Send + Sync + 'static,
             S: ::std::hash::BuildHasher + Send + Sync + 'static,
+            O: $crate::CycleOutput,
         {
             /// Requests a cycle of `key` and returns at once: it never
             /// waits for a cycle, never awaits, and may be called from any
@@ -136,7 +150,7 @@ macro_rules! front_end {
             }
         }
 
-        impl<K, S> $coalescer<K, S> {
+        impl<K, S, O: $crate::CycleOutput> $coalescer<K, S, O> {
             /// The number of keys with a running or pending cycle; 0 once
             /// quiescent.
             pub fn active_keys(&self) -> usize {
@@ -159,8 +173,8 @@ macro_rules! front_end {
         impl<K> $builder<K> {
             /// A builder with the defaults: panics reported as a `tracing`
             /// error event, `RandomState` hashing, four map shards per
-            /// core, no pacing (and, for the async coalescer, the current
-            /// tokio runtime).
+            /// core, no pacing, no retries (and, for the async coalescer,
+            /// the current tokio runtime).
             pub fn new() -> Self {
                 Self::defaults()
             }
@@ -172,7 +186,7 @@ macro_rules! front_end {
             }
         }
 
-        impl<K, S> $builder<K, S> {
+        impl<K, S, P> $builder<K, S, P> {
             /// Replaces the panic hook. It is called exactly once for every
             /// cycle that panics — when the cycle function is called, while
             /// its future is polled, or while the finished future is
@@ -191,12 +205,54 @@ macro_rules! front_end {
             /// Replaces the hasher that places keys in the map (the
             /// default, `RandomState`, resists hash flooding).
             #[must_use]
-            pub fn hasher<S2: ::std::hash::BuildHasher>(self, hasher: S2) -> $builder<K, S2> {
+            pub fn hasher<S2: ::std::hash::BuildHasher>(self, hasher: S2) -> $builder<K, S2, P> {
                 $crate::shell::Builder {
                     hook: self.hook,
                     hasher,
                     shards: self.shards,
                     min_interval: self.min_interval,
+                    retry: self.retry,
+                    driver: self.driver,
+                }
+            }
+
+            /// Retries failed cycles with `policy` — a [`Backoff`](crate::Backoff),
+            /// or a closure `|key: &K, failure: &Failure<'_, E>, failures: u32| -> Option<Duration>`
+            /// (a [`RetryPolicy`](crate::RetryPolicy)).
+            ///
+            /// A cycle that fails (returns `Err`, or panics) then does not
+            /// cover its requests: they stay owed, and the key's next cycle
+            /// — the retry — begins no earlier than the policy's delay after
+            /// the failure (and no earlier than `min_interval` after the
+            /// failed cycle began: the later bound wins). Every request that
+            /// arrives during the failed cycle or the delay folds into that
+            /// one retry; there is never both a follow-up and a retry. A
+            /// waiter gets the value of the first cycle after its request
+            /// that succeeds, or the last failure's error when the policy
+            /// gives up. A success resets the key's count of consecutive
+            /// failures (there is nothing to forget by hand). When the
+            /// policy gives up, the waiters are told, the give-up is counted
+            /// ([`Stats::give_ups`](crate::Stats::give_ups)) and reported
+            /// (a `warn` event), and requests that arrived during the failed
+            /// cycle get their follow-up as usual.
+            ///
+            /// Shutdown cuts every retry delay short: each key that owes a
+            /// retry gets one immediate final attempt inside the drain, and a
+            /// cycle that began after shutdown began is not retried.
+            ///
+            /// Without a retry policy (the default), a failed cycle answers
+            /// its waiters with its error and is not retried. The async
+            /// coalescer needs a runtime with the time driver to wait; on
+            /// one without it, retries follow at once (and `build` logs an
+            /// error event).
+            #[must_use]
+            pub fn retry<P2>(self, policy: P2) -> $builder<K, S, P2> {
+                $crate::shell::Builder {
+                    hook: self.hook,
+                    hasher: self.hasher,
+                    shards: self.shards,
+                    min_interval: self.min_interval,
+                    retry: Some(policy),
                     driver: self.driver,
                 }
             }
@@ -236,18 +292,18 @@ pub(crate) use front_end;
 /// A request that does not wait: it gets nothing but its admission.
 pub(crate) struct Plain;
 
-impl Join for Plain {
+impl<A> Join<A> for Plain {
     type Covered = ();
     const REMEMBERS: bool = true;
 
-    fn join(slot: &Slot) -> Result<Option<()>, Refused> {
+    fn join(slot: &Slot<A>) -> Result<Option<()>, Refused> {
         Ok(match slot.request() {
             Requested::Dead => None,
             Requested::Coalesced { .. } => Some(()),
         })
     }
 
-    fn fresh() -> (Option<Arc<Completion>>, ()) {
+    fn fresh() -> (Option<Arc<Completion<A>>>, ()) {
         (None, ())
     }
 }
@@ -255,28 +311,29 @@ impl Join for Plain {
 /// A request that waits: it gets the completion of the cycle that covers it.
 struct Waiting;
 
-impl Join for Waiting {
-    type Covered = Arc<Completion>;
+impl<A> Join<A> for Waiting {
+    type Covered = Arc<Completion<A>>;
     const REMEMBERS: bool = false;
 
-    fn join(slot: &Slot) -> Result<Option<Arc<Completion>>, Refused> {
+    fn join(slot: &Slot<A>) -> Result<Option<Arc<Completion<A>>>, Refused> {
         if in_cycle_of(slot.id()) {
             return Err(Refused::OwnCycle);
         }
         Ok(slot.request_and_register())
     }
 
-    fn fresh() -> (Option<Arc<Completion>>, Arc<Completion>) {
+    fn fresh() -> (Option<Arc<Completion<A>>>, Arc<Completion<A>>) {
         let completion = Arc::new(Completion::new(1));
         (Some(Arc::clone(&completion)), completion)
     }
 }
 
-impl<K, S, D> Coalescer<K, S, D>
+impl<K, S, D, O> Coalescer<K, S, D, O>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
     D: Driver,
+    O: CycleOutput,
 {
     /// Admits a request that does not wait (`request`, in [`front_end!`]).
     pub(crate) fn request_plain(&self, key: K) -> Result<Admission, Closed> {
@@ -289,7 +346,11 @@ where
 
     /// Admits a waiting request: its admission and the completion of the
     /// cycle that covers it.
-    pub(crate) fn request_waiting(&self, key: K) -> Result<(Admission, Arc<Completion>), RunError> {
+    #[allow(clippy::type_complexity, reason = "one use, named in full once")]
+    pub(crate) fn request_waiting(
+        &self,
+        key: K,
+    ) -> Result<(Admission, Arc<Completion<Answer<O>>>), RunError<O::Error>> {
         let admitted = self.shared.registry.admit::<Waiting>(key);
         self.settle(admitted)
     }
@@ -299,8 +360,8 @@ where
     /// counted.
     fn settle<C>(
         &self,
-        admitted: Result<Admitted<'_, K, C>, Refused>,
-    ) -> Result<(Admission, C), RunError> {
+        admitted: Result<Admitted<'_, K, C, Answer<O>>, Refused>,
+    ) -> Result<(Admission, C), RunError<O::Error>> {
         let shared = &self.shared;
         let vacant = match admitted {
             Ok(Admitted::Joined(covered)) => return Ok((Admission::Coalesced, covered)),
@@ -337,7 +398,7 @@ where
     }
 }
 
-impl<K, S, D: Driver> Drop for Coalescer<K, S, D> {
+impl<K, S, D: Driver, O: CycleOutput> Drop for Coalescer<K, S, D, O> {
     /// Closes the coalescer, then aborts its runner tasks (async) or joins
     /// its runner threads (blocking); see the type docs.
     fn drop(&mut self) {
@@ -346,7 +407,7 @@ impl<K, S, D: Driver> Drop for Coalescer<K, S, D> {
     }
 }
 
-impl<K, S, D: Driver> fmt::Debug for Coalescer<K, S, D> {
+impl<K, S, D: Driver, O: CycleOutput> fmt::Debug for Coalescer<K, S, D, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Coalescer")
             .field("stats", &self.shared.stats())

@@ -22,24 +22,24 @@ use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 
 /// The per-key slot. Exists only while the key is active (INV-6).
 #[derive(Debug)]
-pub(crate) struct Slot {
+pub(crate) struct Slot<A> {
     /// The state word (layout and transitions in `state.rs`). Written by
     /// requesters (`request`) and by this slot's one runner (`begin`,
     /// `go_idle`); never by anyone else.
     state: AtomicU64,
     /// What the next cycle takes: guarded by this mutex, which `begin` also
     /// holds while it consumes the pending bit and the marks.
-    next: Mutex<Next>,
+    next: Mutex<Next<A>>,
 }
 
 /// What a [`Slot`]'s mutex guards.
-#[derive(Debug, Default)]
-struct Next {
+#[derive(Debug)]
+struct Next<A> {
     /// The completion that the next cycle to begin will resolve, if a
     /// `request_and_wait` is waiting for it. A waiter that registers here and
     /// sets `PENDING` under the lock is covered by exactly the cycle that
     /// takes this completion.
-    completion: Option<Arc<Completion>>,
+    completion: Option<Arc<Completion<A>>>,
     /// The marks of the threads whose memo holds this slot (empty unless a
     /// thread requested the key repeatedly). Added and removed by those
     /// threads; consumed by the runner.
@@ -62,7 +62,7 @@ impl Mark {
 // the map entry): one word of state and a small mutex over an `Option` and
 // an empty `Vec`. Not checked under loom, whose primitives are larger.
 #[cfg(not(loom))]
-static_assertions::const_assert!(std::mem::size_of::<Slot>() <= 48);
+static_assertions::const_assert!(std::mem::size_of::<Slot<()>>() <= 48);
 
 /// What a request through a mark found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,17 +85,17 @@ pub(crate) enum AfterCycle {
 
 /// What `begin` hands the runner.
 #[derive(Debug)]
-pub(crate) struct Begun {
+pub(crate) struct Begun<A> {
     /// The state word right after this `begin` (used by `go_idle`).
     pub(crate) after: u64,
     /// The completion of the cycle being begun, if anyone waits for it.
-    pub(crate) completion: Option<Arc<Completion>>,
+    pub(crate) completion: Option<Arc<Completion<A>>>,
 }
 
-impl Slot {
+impl<A> Slot<A> {
     /// A slot born for a request: running, with that request pending. If the
     /// request waits, `waiter` is the completion of cycle 1.
-    pub(crate) fn fresh(waiter: Option<Arc<Completion>>) -> Self {
+    pub(crate) fn fresh(waiter: Option<Arc<Completion<A>>>) -> Self {
         Slot {
             state: AtomicU64::new(state::FRESH),
             next: Mutex::new(Next {
@@ -135,7 +135,7 @@ impl Slot {
     /// the covering cycle's completion in the same critical section that
     /// `begin` uses, so the completion returned is that of the cycle that
     /// covers this request. `None` if the slot is dead.
-    pub(crate) fn request_and_register(&self) -> Option<Arc<Completion>> {
+    pub(crate) fn request_and_register(&self) -> Option<Arc<Completion<A>>> {
         let mut next = self.next.lock();
         match self.request() {
             Requested::Dead => None,
@@ -208,7 +208,7 @@ impl Slot {
     /// still set, makes its request again as a plain `request`. Covered if
     /// the runner had consumed the mark, or the plain request found the
     /// slot live (dying included: its `PENDING` makes `die` fail).
-    fn reassert(&self, _held: &Next, mark: &Mark) -> MarkedRequest {
+    fn reassert(&self, _held: &Next<A>, mark: &Mark) -> MarkedRequest {
         // ORDERING: Relaxed: only this mark's thread sets it, and the runner,
         // which also clears it, does so under the lock we hold. A request
         // that reads `false` here was consumed by an Acquire swap that read
@@ -245,7 +245,7 @@ impl Slot {
     /// The `begin` transition: consumes the pending bit and the marks,
     /// counts one more cycle, and takes the waiters registered for it.
     /// Runner only, and only while `PENDING` is set.
-    pub(crate) fn begin(&self) -> Begun {
+    pub(crate) fn begin(&self) -> Begun<A> {
         let mut next = self.next.lock();
         // ORDERING: Acquire pairs with the Release half of every requester's
         // `fetch_or` in `request` that precedes this RMW in the word's
@@ -269,7 +269,7 @@ impl Slot {
     /// Going idle: kills the slot if and only if no request arrived since
     /// `begun` — no `PENDING` and no mark — with no window in which a request
     /// can be stranded (D1, INV-2).
-    pub(crate) fn go_idle(&self, begun: &Begun) -> AfterCycle {
+    pub(crate) fn go_idle(&self, begun: &Begun<A>) -> AfterCycle {
         let (from, dying) = state::dying(begun.after);
         // ORDERING: Relaxed both ways. Success is published to marking
         // requesters by the Release half of the check's swaps below
@@ -324,7 +324,7 @@ impl Slot {
     /// cycle, which will never begin. Done under the `next` lock, so a waiter
     /// either registered before (and gets that completion's outcome) or sees
     /// the slot dead and goes to a fresh slot.
-    pub(crate) fn abandon(&self) -> Option<Arc<Completion>> {
+    pub(crate) fn abandon(&self) -> Option<Arc<Completion<A>>> {
         let mut next = self.next.lock();
         // ORDERING: Release pairs with the Acquire half of `request`'s
         // `fetch_or`, as `go_idle`'s success does: a requester that finds the
@@ -357,9 +357,12 @@ fn consume(marks: &[Arc<Mark>]) -> bool {
 // loom models are in `loom_models.rs`.
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::{AfterCycle, Slot};
+    use super::AfterCycle;
     use crate::state::Requested;
     use crate::sync::Arc;
+
+    /// The slot of a coalescer whose cycles return `()`.
+    type Slot = super::Slot<crate::output::Answer<()>>;
 
     /// A slot's life as its runner sees it: born live with its creator's
     /// request pending; a request while live is covered by the next cycle;

@@ -22,8 +22,15 @@ pub struct Stats {
     pub coalesced: u64,
     /// Requests rejected because the coalescer was shut down.
     pub rejected: u64,
-    /// Cycles that ended, whether they completed or panicked.
+    /// Cycles that ended, whether they succeeded, failed or panicked.
     pub cycles: u64,
+    /// Cycles that returned an error (each also counted in `cycles`).
+    pub failures: u64,
+    /// Failed cycles (errors and panics) that the retry policy retried.
+    pub retries: u64,
+    /// Failed cycles after which the retry policy gave up (never counted
+    /// without a policy).
+    pub give_ups: u64,
     /// Cycles that panicked (each also counted in `cycles`).
     pub panics: u64,
 }
@@ -40,6 +47,9 @@ pub(crate) struct Counters {
     // anyway (`Registry::coalesced`).
     pub(crate) rejected: StatCounter,
     pub(crate) cycles: StatCounter,
+    pub(crate) failures: StatCounter,
+    pub(crate) retries: StatCounter,
+    pub(crate) give_ups: StatCounter,
     pub(crate) panics: StatCounter,
 }
 
@@ -61,6 +71,9 @@ impl Counters {
             coalesced,
             rejected: self.rejected.load(Relaxed),
             cycles: self.cycles.load(Relaxed),
+            failures: self.failures.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            give_ups: self.give_ups.load(Relaxed),
             panics: self.panics.load(Relaxed),
         }
     }

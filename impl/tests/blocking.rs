@@ -176,7 +176,8 @@ fn non_string_panic_payloads_are_contained_and_reported_without_a_message() {
                 .unwrap()
                 .push((r.message().is_none(), code, format!("{r:?}")));
         })
-        .build(|_: &u32| std::panic::panic_any(7u32));
+        // A cycle that never returns normally names its output.
+        .build::<_, ()>(|_: &u32| std::panic::panic_any(7u32));
     assert_eq!(c.request_and_wait(1), Err(RunError::Panicked));
     c.shutdown();
     let debug = "PanicReport { message: None, .. }".to_owned();
@@ -194,7 +195,7 @@ fn a_payload_that_panics_when_dropped_is_contained() {
         .panic_hook(move |_| {
             counted.fetch_add(1, SeqCst);
         })
-        .build(|_: &u32| std::panic::panic_any(PanicsWhenDropped));
+        .build::<_, ()>(|_: &u32| std::panic::panic_any(PanicsWhenDropped));
     assert_eq!(c.request_and_wait(1), Err(RunError::Panicked));
     assert_eq!(c.request_and_wait(1), Err(RunError::Panicked), "not stuck");
     c.shutdown();
@@ -228,7 +229,7 @@ fn shutdown_waits_for_a_blocked_then_panicking_cycle() {
     let c = Arc::new(
         Coalescer::builder()
             .panic_hook(|_| {})
-            .build(move |_: &u32| {
+            .build::<_, ()>(move |_: &u32| {
                 holding.hold();
                 finished2.store(true, SeqCst);
                 std::panic::panic_any(INJECTED);
@@ -410,7 +411,9 @@ fn requests_after_shutdown_are_rejected_and_shutdown_is_idempotent() {
     let stats = c.stats();
     assert_eq!((stats.requests, stats.rejected, stats.cycles), (1, 2, 1));
     assert!(!Closed.to_string().is_empty());
-    assert!(RunError::Panicked.to_string().contains("panicked"));
+    assert!(RunError::<std::convert::Infallible>::Panicked
+        .to_string()
+        .contains("panicked"));
 }
 
 #[test]

@@ -398,7 +398,10 @@ impl Recorded<Coalescer<u8, Fixed>> {
     pub fn request_and_wait(&self, key: u8) -> Result<(), RunError> {
         let request = self.tape.invoke(key, true);
         let result = self.inner().request_and_wait(key);
-        self.tape.record(Event::Waited { request, result });
+        self.tape.record(Event::Waited {
+            request,
+            result: result.clone(),
+        });
         result
     }
 
@@ -430,7 +433,10 @@ impl Recorded<coalescer::Coalescer<u8, Fixed>> {
         let tape = std::sync::Arc::clone(&self.tape);
         async move {
             let result = wait.await;
-            tape.record(Event::Waited { request, result });
+            tape.record(Event::Waited {
+                request,
+                result: result.clone(),
+            });
             result
         }
     }

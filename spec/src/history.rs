@@ -404,7 +404,7 @@ where
                         ),
                     ));
                 }
-                r.waited = Some((at, *result));
+                r.waited = Some((at, result.clone()));
                 if *result == Err(RunError::Closed) && shutdown_began.is_none() && aborted.is_none()
                 {
                     return Err(fail(
@@ -571,7 +571,8 @@ where
                 });
             }
         }
-        if let Some((at, result)) = r.waited {
+        if let Some((at, result)) = &r.waited {
+            let at = *at;
             // The covering cycle began after the invocation and ended before
             // the return, with the outcome the waiter was given.
             let done = |panicked: bool| {
@@ -678,7 +679,7 @@ where
         let admitted = r
             .admitted
             .map(|(i, _)| i)
-            .or(r.waited.map(|(i, _)| i))
+            .or(r.waited.as_ref().map(|(i, _)| *i))
             .unwrap_or(usize::MAX);
         let lo = cs.partition_point(|c| c.began < r.invoked);
         // Ends are in order (INV-1 was checked first); a cycle that never

@@ -17,7 +17,7 @@ pub struct Tasks;
 pub struct TasksConfig {}
 
 impl Tasks {
-    pub(crate) fn new(_: TasksConfig, _: Duration) -> Self {
+    pub(crate) fn new(_: TasksConfig, _: bool) -> Self {
         Tasks
     }
 
@@ -33,11 +33,15 @@ impl Driver for Tasks {
         Ok(())
     }
 
-    fn clock(&self) -> Option<Instant> {
-        None
+    fn has_timers(&self) -> bool {
+        false
     }
 
-    fn until_next(&self, _: Instant) -> impl Future<Output = ()> + Send + '_ {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn until(&self, _: Option<Instant>) -> impl Future<Output = ()> + Send + '_ {
         std::future::ready(())
     }
 

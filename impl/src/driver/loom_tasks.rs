@@ -15,7 +15,7 @@ use crate::sync::{thread, AtomicBool, Mutex, Ordering};
 #[derive(Debug)]
 pub struct Tasks {
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
-    paced: bool,
+    timed: bool,
     /// Set by `on_drop`: runners that see it begin no further cycle.
     aborted: AtomicBool,
 }
@@ -25,10 +25,10 @@ pub struct Tasks {
 pub struct TasksConfig {}
 
 impl Tasks {
-    pub(crate) fn new(_: TasksConfig, min_interval: Duration) -> Self {
+    pub(crate) fn new(_: TasksConfig, timed: bool) -> Self {
         Tasks {
             threads: Mutex::new(Vec::new()),
-            paced: !min_interval.is_zero(),
+            timed,
             aborted: AtomicBool::new(false),
         }
     }
@@ -56,14 +56,19 @@ impl Driver for Tasks {
         Ok(())
     }
 
-    fn clock(&self) -> Option<Instant> {
-        self.paced.then(Instant::now)
+    /// As the builder asked: a coalescer that paces or retries has timers.
+    fn has_timers(&self) -> bool {
+        self.timed
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
     }
 
     /// One yield: a point where every other thread may run (a request joins
     /// the pending follow-up, a shutdown starts draining), after which the
-    /// interval has passed (see `sync`'s `Condvar::wait_until`).
-    async fn until_next(&self, _: Instant) {
+    /// deadline has passed (see `sync`'s `Condvar::wait_until`).
+    async fn until(&self, _: Option<Instant>) {
         thread::yield_now();
     }
 

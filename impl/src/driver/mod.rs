@@ -22,7 +22,7 @@ use std::time::Instant;
 
 // The drivers and their trait are `pub` but unnameable outside the crate:
 // they appear in the public type aliases (`coalescer::Coalescer` is
-// `shell::Coalescer<K, S, Tasks>`), and no other crate can implement or
+// `shell::Coalescer<K, S, Tasks, O>`), and no other crate can implement or
 // name them.
 mod threads;
 #[allow(unreachable_pub, reason = "named only through the public type aliases")]
@@ -74,16 +74,23 @@ pub trait Driver: Send + Sync + Sized + 'static {
     /// The OS refused to start a thread.
     fn spawn(&self, runner: BoxFuture) -> io::Result<()>;
 
-    /// When a cycle begins: the instant to pace the next one from, if this
-    /// coalescer paces (`min_interval`).
-    fn clock(&self) -> Option<Instant>;
+    /// Whether this driver can wait for a deadline (a tokio runtime built
+    /// without the time driver cannot). Without timers the runner does not
+    /// wait: no pacing, and retries follow at once.
+    fn has_timers(&self) -> bool;
 
-    /// Resolves once `min_interval` has passed since `began`, or at once
-    /// when the coalescer is draining ([`drain`](Self::drain)).
-    fn until_next(&self, began: Instant) -> impl Future<Output = ()> + Send + '_;
+    /// The driver's clock (tokio's, for tasks: a paused test clock drives
+    /// it).
+    fn now(&self) -> Instant;
 
-    /// Ends every [`until_next`](Self::until_next) wait, now and later:
-    /// shutdown drains without pacing.
+    /// Resolves at `deadline` on the driver's clock (`None`: a deadline too
+    /// far to name, never), or at once when the coalescer is draining
+    /// ([`drain`](Self::drain)): the waits between cycles (`min_interval`,
+    /// a retry's delay).
+    fn until(&self, deadline: Option<Instant>) -> impl Future<Output = ()> + Send + '_;
+
+    /// Ends every [`until`](Self::until) wait, now and later: shutdown
+    /// drains without waiting out a pace or a backoff.
     fn drain(&self);
 
     /// Whether runners must begin no further cycle (the async coalescer was

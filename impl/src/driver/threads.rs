@@ -19,8 +19,6 @@ pub struct Threads {
     /// are exiting. Never held while joining a live thread, so a runner is
     /// never blocked by it.
     entries: Mutex<Vec<Entry>>,
-    /// Zero: no pacing.
-    min_interval: Duration,
     /// Set once by `drain`. Guarded by this mutex; `wake` is notified when
     /// it is set.
     draining: Mutex<bool>,
@@ -57,10 +55,9 @@ impl Drop for SetOnDrop {
 }
 
 impl Threads {
-    pub(crate) fn new(_: ThreadsConfig, min_interval: Duration) -> Self {
+    pub(crate) fn new(_: ThreadsConfig, _timed: bool) -> Self {
         Threads {
             entries: Mutex::new(Vec::new()),
-            min_interval,
             draining: Mutex::new(false),
             wake: Condvar::new(),
             shutting_down: Mutex::new(()),
@@ -185,17 +182,18 @@ impl Driver for Threads {
         Ok(())
     }
 
-    fn clock(&self) -> Option<Instant> {
-        (!self.min_interval.is_zero()).then(Instant::now)
+    fn has_timers(&self) -> bool {
+        true
     }
 
-    /// Blocks (the future is ready when polled) until `min_interval` has
-    /// passed since `began`, or the coalescer is draining. The key's slot
-    /// stays live meanwhile, so every request that arrives joins the one
-    /// follow-up cycle.
-    fn until_next(&self, began: Instant) -> impl Future<Output = ()> + Send + '_ {
-        // An interval too long to add to a clock waits for the drain.
-        let deadline = began.checked_add(self.min_interval);
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// Blocks (the future is ready when polled) until `deadline`, or the
+    /// coalescer is draining. The key's slot stays live meanwhile, so every
+    /// request that arrives joins the one cycle that follows.
+    fn until(&self, deadline: Option<Instant>) -> impl Future<Output = ()> + Send + '_ {
         let mut draining = self.draining.lock();
         while !*draining {
             let (guard, passed) = self.wake.wait_until(&self.draining, draining, deadline);

@@ -24,8 +24,9 @@ pub struct Tasks {
     /// Every task polling [`Tasks::poll_drained`]: `JoinSet` keeps only the
     /// latest poller's waker, so it is given this one, which wakes them all.
     drainers: Arc<FanOut>,
-    /// `None`: no pacing (zero interval, or a runtime without timers).
-    min_interval: Option<Duration>,
+    /// Whether the runtime has the time driver (checked only if the
+    /// builder asked for waits: `min_interval` or `retry`).
+    timers: bool,
     /// Set to `true` once, by `drain`.
     draining: watch::Sender<bool>,
     /// Set by `on_drop`: runners that see it begin no further cycle.
@@ -59,9 +60,9 @@ impl Tasks {
     ///
     /// Without a handle in `config`, outside a tokio runtime (as
     /// `tokio::spawn` would).
-    pub(crate) fn new(config: TasksConfig, min_interval: Duration) -> Self {
+    pub(crate) fn new(config: TasksConfig, timed: bool) -> Self {
         let handle = config.handle.unwrap_or_else(Handle::current);
-        let mut usable = !min_interval.is_zero();
+        let mut usable = timed;
         if usable {
             // tokio panics when a timer is created on a runtime built without
             // the time driver; find out now, once, rather than in a runner.
@@ -70,8 +71,8 @@ impl Tasks {
             if !usable {
                 tracing::error!(
                     target: "coalescer",
-                    "min_interval is ignored: the tokio runtime has no time driver \
-                     (build it with enable_time or enable_all)"
+                    "min_interval and retry delays are ignored: the tokio runtime has no time \
+                     driver (build it with enable_time or enable_all)"
                 );
             }
         }
@@ -79,7 +80,7 @@ impl Tasks {
             handle,
             set: Mutex::new(JoinSet::new()),
             drainers: Arc::default(),
-            min_interval: usable.then_some(min_interval),
+            timers: usable,
             draining: watch::channel(false).0,
             aborted: AtomicBool::new(false),
         }
@@ -125,22 +126,23 @@ impl Driver for Tasks {
         Ok(())
     }
 
-    fn clock(&self) -> Option<Instant> {
-        self.min_interval.map(|_| time::Instant::now().into_std())
+    fn has_timers(&self) -> bool {
+        self.timers
     }
 
-    /// Returns once `min_interval` has passed since `began`, on tokio's
-    /// clock, or at once when the coalescer is draining.
-    async fn until_next(&self, began: Instant) {
-        let Some(interval) = self.min_interval else {
+    fn now(&self) -> Instant {
+        time::Instant::now().into_std()
+    }
+
+    /// Returns at `deadline`, on tokio's clock, or at once when the
+    /// coalescer is draining.
+    async fn until(&self, deadline: Option<Instant>) {
+        if !self.timers {
             return;
-        };
+        }
         let mut draining = self.draining.subscribe();
         let mut drained = pin!(draining.wait_for(|d| *d));
-        // An interval too long to add to a clock waits for the drain.
-        let mut sleep = began
-            .checked_add(interval)
-            .map(|deadline| Box::pin(time::sleep_until(deadline.into())));
+        let mut sleep = deadline.map(|deadline| Box::pin(time::sleep_until(deadline.into())));
         poll_fn(|cx| {
             let slept = sleep
                 .as_mut()
