@@ -2,7 +2,9 @@
 //! after the invariants it proves (docs/invariants.md). All exhaustive.
 #![cfg(loom)]
 
-use coalescer::{Admission, Closed, RunError};
+use std::time::Duration;
+
+use coalescer::{Admission, Backoff, Closed, RunError};
 use coalescer_loom_tests::{
     builder, check, check_bounded, coalescer, paced_coalescer, spawn_requester, Env, Fixed, Gate,
     Recorded, INJECTED,
@@ -609,5 +611,130 @@ fn inv2_inv5_a_mark_taken_back_with_an_accepted_request_in_it_is_not_lost_bounde
         drop(c);
         assert_eq!(Arc::strong_count(&env), 1);
         env.done();
+    });
+}
+
+/// A retry policy for the models: no delay (loom abstracts every wait as
+/// one yield anyway), at most `retries` retries in a row.
+fn retries(retries: u32) -> Backoff {
+    Backoff::exponential(Duration::ZERO, Duration::ZERO).max_retries(retries)
+}
+
+/// INV-9: a request made while a cycle runs that then fails folds into
+/// that cycle's one retry — exactly two cycles, the retry sees the
+/// request's write — and no follow-up begins beside the retry.
+#[test]
+fn inv9_a_request_during_a_failing_cycle_folds_into_its_one_retry() {
+    check("request_during_a_failing_cycle", || {
+        let env = Env::new(1);
+        let (started, proceed) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+        let c = {
+            let (cycles, started, proceed) =
+                (Arc::clone(&env), Arc::clone(&started), Arc::clone(&proceed));
+            Arc::new(builder(&env).retry(retries(1)).build(move |_: &u8| {
+                let n = cycles.cycle();
+                if n > 0 {
+                    return Ok(());
+                }
+                started.open();
+                proceed.wait();
+                Err("injected failure")
+            }))
+        };
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        started.wait();
+        let requester = spawn_requester(&c, &env, |c| c.request(0));
+        assert_eq!(requester.join().unwrap(), Ok(Admission::Coalesced));
+        proceed.open();
+        c.shutdown();
+        env.assert_last_cycle_saw(&[0]);
+        assert_eq!(
+            env.log().len(),
+            2,
+            "the failed cycle and one retry: {:?}",
+            env.log()
+        );
+        let stats = c.stats();
+        assert_eq!((stats.failures, stats.retries, stats.give_ups), (1, 1, 0));
+        env.done_unrecorded();
+    });
+}
+
+/// INV-9 with INV-1/2/4: a request races the end of a failing cycle — its
+/// retry decision, the runner's own request, the wait and the retry's
+/// `begin` — and shutdown follows. The request is never lost (the last
+/// cycle sees its write), no two cycles overlap, the failure is retried
+/// unless its cycle began after shutdown had (then it is given up on, and
+/// only the request's follow-up may follow), and at most one cycle follows
+/// a retry (the request's own follow-up, when it came after the retry
+/// began).
+#[test]
+fn inv9_inv2_request_racing_a_failing_cycles_retry_is_covered() {
+    check("request_racing_a_failing_cycles_retry", || {
+        let env = Env::new(1);
+        let c = {
+            let cycles = Arc::clone(&env);
+            Arc::new(builder(&env).retry(retries(1)).build(move |_: &u8| {
+                if cycles.cycle() == 0 {
+                    Err("injected failure")
+                } else {
+                    Ok(())
+                }
+            }))
+        };
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        let requester = spawn_requester(&c, &env, |c| c.request(0).unwrap());
+        let _ = requester.join().unwrap();
+        c.shutdown();
+        env.assert_last_cycle_saw(&[0]);
+        // The failed cycle is retried, or — if it began once shutdown had —
+        // given up on, with the request's follow-up if it came during it;
+        // after a retry, at most the request's own follow-up.
+        let cycles = env.log().len();
+        let stats = c.stats();
+        assert_eq!((stats.failures, stats.retries + stats.give_ups), (1, 1));
+        let most = if stats.give_ups == 1 { 2 } else { 3 };
+        assert!((1..=most).contains(&cycles), "{cycles} cycles, {stats:?}");
+        env.done_unrecorded();
+    });
+}
+
+/// INV-9 with INV-5: shutdown races a failing key's retry wait. Shutdown
+/// returns (a cycle that begins once it has begun is not retried, and the
+/// drain ends every wait), the key ends given up on exactly once, no cycle
+/// runs after shutdown returned, and no runner outlives the coalescer.
+#[test]
+fn inv5_inv9_shutdown_racing_a_retry_wait_drains_it() {
+    check("shutdown_racing_a_retry_wait", || {
+        let env = Env::new(0);
+        let c = {
+            let cycles = Arc::clone(&env);
+            builder(&env).retry(retries(2)).build(move |_: &u8| {
+                cycles.cycle();
+                Err::<(), _>("injected failure")
+            })
+        };
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        c.shutdown();
+        let at_shutdown = env.log().len();
+        let stats = c.stats();
+        assert_eq!(
+            stats.give_ups, 1,
+            "the key ends given up on once: {stats:?}"
+        );
+        assert_eq!(stats.retries + 1, stats.failures);
+        assert!(stats.failures <= 3, "beyond the policy's bound: {stats:?}");
+        drop(c);
+        assert_eq!(
+            env.log().len(),
+            at_shutdown,
+            "a cycle ran after shutdown returned"
+        );
+        assert_eq!(
+            Arc::strong_count(&env),
+            1,
+            "a runner outlived the coalescer"
+        );
+        env.done_unrecorded();
     });
 }

@@ -5,6 +5,7 @@
 //! cargo run -p coalescer-spec --release -- check     # exhaustive check, with counts
 //! cargo run -p coalescer-spec --release -- marks [KEYS REQUESTERS EACH OTHERS]
 //!                                                     # with memos and marks
+//! cargo run -p coalescer-spec --release -- retry     # with a retry policy
 //! cargo run -p coalescer-spec --release -- go        # the Go algorithm's D1/D2 traces
 //! cargo run -p coalescer-spec --release -- explore [ADDR]   # default 127.0.0.1:3000
 //! ```
@@ -33,6 +34,7 @@ fn main() -> std::process::ExitCode {
             spec.others_make = Some(others);
             report(model::run(spec))
         }
+        Some("retry") => report(model::run(Spec::retry())),
         Some("go") => report(model::run(Spec::go())),
         Some("explore") => {
             let address = args.next().unwrap_or_else(|| "127.0.0.1:3000".to_owned());
@@ -41,7 +43,7 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: coalescer-spec check | marks [KEYS REQUESTERS EACH OTHERS] | go | explore [ADDR]");
+            eprintln!("usage: coalescer-spec check | marks [KEYS REQUESTERS EACH OTHERS] | retry | go | explore [ADDR]");
             std::process::ExitCode::from(2)
         }
     }

@@ -47,6 +47,18 @@ fn the_protocol_with_memos_and_marks_holds_every_invariant_in_every_state() {
     assert_holds(&run, "the protocol with marks");
 }
 
+/// The same with a retry policy (`Spec::retry`): a failed cycle retried up
+/// to twice in a row or given up on, with every other step racing the
+/// retry's delay — every invariant in every state, and a request folded
+/// into a retry, a retry covering its failed cycle's requests, a give-up's
+/// follow-up and a last chance given up on all reached.
+#[test]
+fn inv9_the_protocol_with_retries_holds_every_invariant_in_every_state() {
+    let run = run(Spec::retry());
+    eprint!("{run}");
+    assert_holds(&run, "the protocol with retries");
+}
+
 /// The Go algorithm, at the same bounds: the checker finds its lost wakeup
 /// (D1) and its panic stranding (D2), each as a shortest trace.
 #[test]

@@ -167,15 +167,56 @@ pub(super) fn step(spec: &Spec, s: &mut State, action: Action) -> Option<()> {
             let after = state::begin(prev);
             s.slots[slot].word = after;
             s.runners[iu].after = after;
-            cover(s, iu);
+            let covered = cover(s, iu);
+            if spec.retries > 0 {
+                s.runners[iu].covering = covered;
+                s.runners[iu].last_chance = s.closed;
+            }
         }
         Action::Finish { i, panicked } => {
             let iu = usize::from(i);
             if panicked {
                 mark_during_panic(s, iu);
+                if spec.retries > 0 {
+                    // The policy gives up: the failed cycle's requests stay
+                    // covered by it; those during it get their follow-up.
+                    mark_during(s, iu, |req| req.during_given_up = true);
+                    if s.runners[iu].last_chance {
+                        s.ghost.last_chance_given_up = true;
+                    }
+                }
             }
-            // A panicking cycle ends through the same path.
+            // A panicking cycle ends through the same path; a success, or a
+            // give-up, resets the count.
+            s.runners[iu].failures = 0;
             s.runners[iu].phase = Phase::Ended;
+        }
+        Action::FailAndRetry { i } => {
+            let iu = usize::from(i);
+            let runner = s.runners[iu];
+            if runner.last_chance {
+                s.ghost.retried_last_chance = true;
+            }
+            if runner.failures >= spec.retries {
+                s.ghost.retried_beyond_bound = true;
+            }
+            mark_during(s, iu, |req| req.during_retried = true);
+            let slot = usize::from(runner.slot);
+            // The runner's own request on its live slot: the retry is its
+            // one next cycle, and the failed cycle's requests are owed again.
+            let prev = s.slots[slot].word;
+            s.slots[slot].word = state::request(prev);
+            if !state::is_live(prev) {
+                s.ghost.stranded_by_stop = true; // a runner never kills its slot mid-cycle
+            }
+            s.slots[slot].owed |= runner.covering;
+            for (id, req) in s.requests.iter_mut().enumerate() {
+                if runner.covering & (1 << id) != 0 {
+                    req.fate = Fate::Owed;
+                }
+            }
+            s.runners[iu].failures += 1;
+            s.runners[iu].phase = Phase::Ready;
         }
         Action::GoIdle { i } => {
             let iu = usize::from(i);

@@ -39,10 +39,15 @@ pub(super) fn step(spec: &Spec, s: &mut State, action: Action) -> Option<()> {
                     slot: slot as u8,
                     phase: Phase::Ready,
                     after: 0,
+                    failures: 0,
+                    last_chance: false,
+                    covering: 0,
                 });
             }
         }
-        Action::Begin { i } => cover(s, usize::from(i)),
+        Action::Begin { i } => {
+            cover(s, usize::from(i));
+        }
         Action::Finish { i, panicked } => {
             let iu = usize::from(i);
             if panicked {

@@ -71,6 +71,11 @@ pub struct Spec {
     /// fast path: the code's policy (the second request in a row for the
     /// key) is one of the choices, so its executions are among the model's.
     pub marks: bool,
+    /// Coalescer only: with a retry policy, a failed cycle (in the model, a
+    /// panicking one: both end through the same steps) may be retried, up
+    /// to this many times in a row per runner; the policy may also give up
+    /// sooner (every choice is explored). 0: no retry policy.
+    pub retries: u8,
 }
 
 impl Spec {
@@ -86,6 +91,18 @@ impl Spec {
             panics: true,
             shutdown: true,
             marks: false,
+            retries: 0,
+        }
+    }
+
+    /// The bounds of the check with a retry policy: 2 keys, 2 requesters of
+    /// up to 2 requests each, any cycle may fail, a failure may be retried
+    /// (up to twice in a row, or given up on), a shutdown at any point.
+    pub fn retry() -> Self {
+        Spec {
+            requesters: 2,
+            retries: 2,
+            ..Spec::coalescer()
         }
     }
 
@@ -261,6 +278,14 @@ pub struct Runner {
     pub phase: Phase,
     /// The state word right after its last `begin` (coalescer).
     pub after: u64,
+    /// Retry policy: its consecutive failed cycles.
+    pub failures: u8,
+    /// Retry policy: its current cycle began with `closed` set, so it is
+    /// not retried.
+    pub last_chance: bool,
+    /// Ghost (retry policy): the requests its current cycle covers, owed
+    /// again if the cycle fails and is retried.
+    pub covering: u16,
 }
 
 impl Runner {
@@ -309,6 +334,12 @@ pub struct Request {
     pub fate: Fate,
     /// It was accepted while a cycle of its key ran that then panicked.
     pub during_panic: bool,
+    /// Retry policy: it was accepted while a cycle of its key ran that then
+    /// failed and was retried.
+    pub during_retried: bool,
+    /// Retry policy: it was accepted while a cycle of its key ran that then
+    /// failed and was given up on.
+    pub during_given_up: bool,
 }
 
 /// Ghost flags: things that happened, for the properties to read.
@@ -355,6 +386,23 @@ pub struct Ghost {
     /// Non-vacuity (marks): a memo moved while its mark was still set, and
     /// the unregistering made the request again.
     pub reasserted: bool,
+    /// Retry: a failed cycle that began after `closed` was set was retried
+    /// (INV-9: the drain must end).
+    pub retried_last_chance: bool,
+    /// Retry: a runner's consecutive failures exceeded the policy's bound.
+    pub retried_beyond_bound: bool,
+    /// Non-vacuity (retry): a request accepted during a failing cycle was
+    /// covered by its retry.
+    pub folded_into_retry: bool,
+    /// Non-vacuity (retry): a request the failed cycle covered was covered
+    /// again by the retry.
+    pub retry_covered_failed: bool,
+    /// Non-vacuity (retry): the policy gave up, and a request accepted
+    /// during the cycle it gave up on got its follow-up.
+    pub give_up_follow_up: bool,
+    /// Non-vacuity (retry): a cycle that began while closing failed and
+    /// was not retried.
+    pub last_chance_given_up: bool,
 }
 
 /// The whole system at one instant.
@@ -458,7 +506,17 @@ pub enum Action {
         /// The runner.
         i: u8,
     },
-    /// Runner `i`'s cycle returns, or panics.
+    /// Retry policy: runner `i`'s cycle fails and the policy retries it —
+    /// the runner's own `request` RMW on its slot, the failed cycle's
+    /// requests owed again; the delay is abstract (anything may happen
+    /// before the runner's next `Begin`), and there is no going idle in
+    /// between.
+    FailAndRetry {
+        /// The runner.
+        i: u8,
+    },
+    /// Runner `i`'s cycle returns, or panics (with a retry policy: fails,
+    /// and the policy gives up).
     Finish {
         /// The runner.
         i: u8,
@@ -565,6 +623,8 @@ impl Model for Spec {
                     key: 0,
                     fate: Fate::NotInvoked,
                     during_panic: false,
+                    during_retried: false,
+                    during_given_up: false,
                 };
                 self.requests()
             ],
@@ -644,6 +704,12 @@ impl Model for Spec {
                     actions.push(Action::Finish { i, panicked: false });
                     if self.panics {
                         actions.push(Action::Finish { i, panicked: true });
+                    }
+                    // The policy may retry (within its bound, and not a
+                    // cycle that began while closing) — or give up, which
+                    // is `Finish { panicked: true }`.
+                    if self.retries > 0 && !runner.last_chance && runner.failures < self.retries {
+                        actions.push(Action::FailAndRetry { i });
                     }
                 }
                 Phase::Ended => actions.push(Action::GoIdle { i }),

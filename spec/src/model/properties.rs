@@ -61,6 +61,16 @@ pub(super) fn all(spec: &Spec) -> Vec<Property<Spec>> {
         Property::always("INV-7 every cycle covers at least one request", |_, s: &State| {
             !s.ghost.spurious_cycle
         }),
+        Property::always(
+            "a ready runner's slot has a request pending (begin is enabled)",
+            |m: &Spec, s: &State| {
+                m.protocol != Protocol::Coalescer
+                    || s.runners.iter().all(|r| {
+                        r.phase != Phase::Ready
+                            || state::is_pending(s.slots[usize::from(r.slot)].word)
+                    })
+            },
+        ),
         Property::sometimes("a request is coalesced", |_, s: &State| s.ghost.coalesced),
         Property::sometimes(
             "a request racing shutdown is accepted and drained",
@@ -82,6 +92,30 @@ pub(super) fn all(spec: &Spec) -> Vec<Property<Spec>> {
             "a request during a panicking cycle gets its follow-up",
             |_, s: &State| s.ghost.panic_follow_up,
         ));
+    }
+    if spec.retries > 0 {
+        properties.extend([
+            Property::always(
+                "INV-9 no cycle that began while closing is retried, none beyond the bound",
+                |_, s: &State| !s.ghost.retried_last_chance && !s.ghost.retried_beyond_bound,
+            ),
+            Property::sometimes(
+                "retry: a request during a failing cycle folds into its retry",
+                |_, s: &State| s.ghost.folded_into_retry,
+            ),
+            Property::sometimes(
+                "retry: the retry covers the failed cycle's requests again",
+                |_, s: &State| s.ghost.retry_covered_failed,
+            ),
+            Property::sometimes(
+                "retry: after a give-up, a request during the failed cycle gets its follow-up",
+                |_, s: &State| s.ghost.give_up_follow_up,
+            ),
+            Property::sometimes(
+                "retry: a cycle that began while closing fails and is given up on",
+                |_, s: &State| s.ghost.last_chance_given_up,
+            ),
+        ]);
     }
     if spec.marks {
         properties.extend([

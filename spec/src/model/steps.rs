@@ -102,6 +102,9 @@ pub(super) fn start(s: &mut State, key: u8, word: u64, id: usize) -> u8 {
         slot: slot as u8,
         phase: Phase::Ready,
         after: 0,
+        failures: 0,
+        last_chance: false,
+        covering: 0,
     });
     if s.ghost.reclaimed & (1 << key) != 0 {
         s.ghost.recreated = true;
@@ -134,35 +137,52 @@ pub(super) fn exit(s: &mut State, i: usize, by_panic: bool) {
 }
 
 /// Runner `i` begins a cycle: it covers the slot's ghost owed set and the
-/// requests of every mark it consumes.
-pub(super) fn cover(s: &mut State, i: usize) {
+/// requests of every mark it consumes, which it returns.
+pub(super) fn cover(s: &mut State, i: usize) -> u16 {
     let slot = usize::from(s.runners[i].slot);
     let marked = consume(s, s.runners[i].slot);
     let owed = std::mem::take(&mut s.slots[slot].owed) | marked;
     if owed == 0 {
         s.ghost.spurious_cycle = true;
     }
+    let retry = s.runners[i].failures > 0;
     for (id, req) in s.requests.iter_mut().enumerate() {
         if owed & (1 << id) != 0 {
             req.fate = Fate::Covered;
             if req.during_panic {
                 s.ghost.panic_follow_up = true;
             }
+            if std::mem::take(&mut req.during_retried) && retry {
+                s.ghost.folded_into_retry = true;
+            }
+            if std::mem::take(&mut req.during_given_up) {
+                s.ghost.give_up_follow_up = true;
+            }
         }
+    }
+    if retry && owed & s.runners[i].covering != 0 {
+        s.ghost.retry_covered_failed = true;
     }
     if s.shutdown == Shutdown::Done {
         s.ghost.cycle_after_shutdown = true;
     }
     s.runners[i].phase = Phase::Running;
+    owed
 }
 
 /// Runner `i`'s cycle panicked: the requests its slot owes now arrived
 /// during it — the ones a panic must not strand (D2).
 pub(super) fn mark_during_panic(s: &mut State, i: usize) {
+    mark_during(s, i, |req| req.during_panic = true);
+}
+
+/// Applies `mark` to every request runner `i`'s slot owes: those accepted
+/// during its current cycle.
+pub(super) fn mark_during(s: &mut State, i: usize, mark: impl Fn(&mut Request)) {
     let owed = s.slots[usize::from(s.runners[i].slot)].owed;
     for (id, req) in s.requests.iter_mut().enumerate() {
         if owed & (1 << id) != 0 {
-            req.during_panic = true;
+            mark(req);
         }
     }
 }

@@ -11,7 +11,16 @@ pub(super) fn normalize(s: &mut State) {
     runners.retain(|r| r.active());
     let key_of = |r: &Runner| s.slots[usize::from(r.slot)].key;
     let word_of = |r: &Runner| s.slots[usize::from(r.slot)].word;
-    runners.sort_by_key(|r| (key_of(r), word_of(r), r.after, phase_rank(r.phase)));
+    runners.sort_by_key(|r| {
+        (
+            key_of(r),
+            word_of(r),
+            r.after,
+            phase_rank(r.phase),
+            r.failures,
+            r.covering,
+        )
+    });
     // Slots in canonical order: per key, the one in the map, then those of
     // its runners in runner order, then those only requesters still refer
     // to (a memo, or a slot about to become one), in requester order.
@@ -110,6 +119,9 @@ pub fn representative(s: &State) -> State {
         q.mark = rename(q.mark);
         q.carried = rename(q.carried);
     }
+    for r in &mut out.runners {
+        r.covering = rename(r.covering);
+    }
     out
 }
 
@@ -128,7 +140,7 @@ pub(super) fn step_rank(step: Step) -> (u8, u8) {
     }
 }
 
-pub(super) fn request_rank(r: &Request) -> (u8, u8, bool) {
+pub(super) fn request_rank(r: &Request) -> (u8, u8, bool, bool, bool) {
     let fate = match r.fate {
         Fate::NotInvoked => 0,
         Fate::InFlight => 1,
@@ -136,7 +148,13 @@ pub(super) fn request_rank(r: &Request) -> (u8, u8, bool) {
         Fate::Owed => 3,
         Fate::Covered => 4,
     };
-    (r.key, fate, r.during_panic)
+    (
+        r.key,
+        fate,
+        r.during_panic,
+        r.during_retried,
+        r.during_given_up,
+    )
 }
 
 pub(super) fn phase_rank(p: Phase) -> u8 {

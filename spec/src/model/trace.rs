@@ -180,6 +180,13 @@ fn describe(spec: &Spec, before: &State, action: Action, after: &State) -> Strin
                 _ => format!("runner {i}'s cycle {how}"),
             }
         }
+        Action::FailAndRetry { i } => format!(
+            "runner {i}'s cycle fails; the policy retries it: requests its own key, {} → {} \
+             (owed again: {})",
+            word(before, runner_slot(i)),
+            word(after, runner_slot(i)),
+            owed(after.slots[usize::from(runner_slot(i))].owed)
+        ),
         Action::GoIdle { i } => {
             let went = match after.runners[usize::from(i)].phase {
                 Phase::Dying => "no request since begin: dying",
