@@ -1,13 +1,16 @@
 //! A restart storm: many tasks write workspace configs in bursts, and every
 //! write asks for its workspace to be restarted. The coalescer runs at most
-//! one restart per workspace at a time, folds the burst into follow-ups, and
-//! contains the restarts that panic. At the end it checks, per workspace,
-//! that the last restart loaded the last config (no lost update) and that no
-//! two restarts of a workspace overlapped, and exits non-zero otherwise.
+//! one restart per workspace at a time, folds the burst into follow-ups,
+//! contains the restarts that panic, and retries the restarts that fail (or
+//! panic) with exponential backoff. At the end it checks, per workspace,
+//! that a restart that succeeded loaded the last config (no lost update) —
+//! unless the retries for it were given up on, which is reported — and that
+//! no two restarts of a workspace overlapped, and exits non-zero otherwise.
 //!
 //! ```text
 //! cargo run --release --example restart_storm -- [--workspaces N] [--writes M]
-//!     [--panic-rate P] [--min-interval MS] [--restart-ms MS] [--writers T] [--seed S]
+//!     [--panic-rate P] [--fail-rate P] [--min-interval MS] [--restart-ms MS]
+//!     [--writers T] [--seed S]
 //! ```
 
 // The loom build (RUSTFLAGS="--cfg loom") has no tokio; there this example
@@ -28,7 +31,7 @@ mod storm {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use coalescer::Coalescer;
+    use coalescer::{Backoff, Coalescer};
 
     /// What to simulate.
     #[derive(Debug, Clone)]
@@ -36,6 +39,7 @@ mod storm {
         workspaces: u32,
         writes: u64,
         panic_rate: f64,
+        fail_rate: f64,
         min_interval: Duration,
         restart: Duration,
         writers: u32,
@@ -48,6 +52,7 @@ mod storm {
                 workspaces: 200,
                 writes: 100_000,
                 panic_rate: 0.01,
+                fail_rate: 0.05,
                 min_interval: Duration::ZERO,
                 restart: Duration::from_millis(3),
                 writers: 64,
@@ -62,9 +67,17 @@ mod storm {
         writes: u64,
         restarts: u64,
         panics: u64,
+        /// Restarts that returned an error.
+        failures: u64,
+        retries: u64,
+        give_ups: u64,
         rejected: u64,
-        /// Workspaces whose last restart did not load their last config.
+        /// Workspaces whose last config no restart loaded at all, or only a
+        /// restart that failed and was not the last.
         lost_updates: u32,
+        /// Workspaces whose last config only a failed restart loaded, its
+        /// retries given up on (at shutdown, or after `MAX_RETRIES`).
+        given_up_configs: u32,
         /// The most restarts of one workspace that ever ran at once.
         max_concurrent: u32,
         active_after_shutdown: usize,
@@ -74,6 +87,7 @@ mod storm {
     impl Report {
         fn passed(&self) -> bool {
             self.lost_updates == 0
+                && u64::from(self.given_up_configs) <= self.give_ups
                 && self.max_concurrent <= 1
                 && self.rejected == 0
                 && self.active_after_shutdown == 0
@@ -85,8 +99,12 @@ mod storm {
     struct Workspace {
         /// Bumped by every write, before the write requests a restart.
         version: AtomicU64,
-        /// The highest version a restart loaded.
+        /// The highest version a restart loaded, when it began.
         loaded: AtomicU64,
+        /// The highest version a restart that succeeded loaded.
+        applied: AtomicU64,
+        /// The highest version a restart that failed (or panicked) loaded.
+        failed: AtomicU64,
         /// Restarts of this workspace running right now.
         running: AtomicU32,
     }
@@ -105,7 +123,28 @@ mod storm {
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    const INJECTED: &str = "restart failed (injected)";
+    const INJECTED: &str = "restart panicked (injected)";
+
+    /// A restart that failed.
+    #[derive(Debug)]
+    struct RestartFailed;
+
+    impl std::fmt::Display for RestartFailed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the workspace did not come up (injected)")
+        }
+    }
+
+    impl std::error::Error for RestartFailed {}
+
+    /// Failed restarts are retried after 2 ms, 4 ms, … up to 50 ms, at most
+    /// five times in a row.
+    const MAX_RETRIES: u32 = 5;
+    fn backoff() -> Backoff {
+        Backoff::exponential(Duration::from_millis(2), Duration::from_millis(50))
+            .max_retries(MAX_RETRIES)
+            .jitter()
+    }
 
     /// Keeps the std panic hook quiet about the restarts that fail on purpose
     /// (the coalescer contains and counts them); any other panic still prints.
@@ -140,11 +179,13 @@ mod storm {
         let coalescer = {
             let (workspaces, max_concurrent) =
                 (Arc::clone(&workspaces), Arc::clone(&max_concurrent));
-            let (restart, panic_rate) = (config.restart, config.panic_rate);
+            let (restart, panic_rate, fail_rate) =
+                (config.restart, config.panic_rate, config.fail_rate);
             Coalescer::builder()
                 .min_interval(config.min_interval)
                 // Contained panics are counted in `stats()`; nothing to log.
                 .panic_hook(|_| {})
+                .retry(backoff())
                 .build(move |id: u32| {
                     let ws = &workspaces[id as usize];
                     let now = ws.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -152,14 +193,24 @@ mod storm {
                     // The restart loads the config as it is when it begins.
                     let version = ws.version.load(Ordering::SeqCst);
                     ws.loaded.fetch_max(version, Ordering::SeqCst);
-                    let fails = unit(mix(draws.fetch_add(1, Ordering::Relaxed))) < panic_rate;
+                    let draw = unit(mix(draws.fetch_add(1, Ordering::Relaxed)));
+                    let (panics, fails) = (draw < panic_rate, draw >= 1.0 - fail_rate);
                     let workspaces = Arc::clone(&workspaces);
                     async move {
-                        let _running = Running(&workspaces[id as usize].running);
+                        let ws = &workspaces[id as usize];
+                        let _running = Running(&ws.running);
                         tokio::time::sleep(restart).await;
-                        if fails {
+                        if panics || fails {
+                            ws.failed.fetch_max(version, Ordering::SeqCst);
+                        }
+                        if panics {
                             std::panic::panic_any(INJECTED);
                         }
+                        if fails {
+                            return Err(RestartFailed);
+                        }
+                        ws.applied.fetch_max(version, Ordering::SeqCst);
+                        Ok(())
                     }
                 })
         };
@@ -169,7 +220,11 @@ mod storm {
         let done = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(0));
         let reporter = progress.then(|| {
-            let (c, done, written) = (Arc::clone(&coalescer), Arc::clone(&done), Arc::clone(&written));
+            let (c, done, written) = (
+                Arc::clone(&coalescer),
+                Arc::clone(&done),
+                Arc::clone(&written),
+            );
             let total = config.writes;
             tokio::spawn(async move {
                 let tty = std::io::stderr().is_terminal();
@@ -177,10 +232,13 @@ mod storm {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     let s = c.stats();
                     let line = format!(
-                        "writes {:>7}/{total}  restarts {:>6}  panics {:>4}  active workspaces {:>4}",
+                        "writes {:>7}/{total}  restarts {:>6}  panics {:>4}  failures {:>4}  \
+                         retries {:>4}  active workspaces {:>4}",
                         written.load(Ordering::Relaxed),
                         s.cycles,
                         s.panics,
+                        s.failures,
+                        s.retries,
                         c.active_keys()
                     );
                     if tty {
@@ -240,16 +298,32 @@ mod storm {
         }
 
         let stats = coalescer.stats();
+        // A failed restart is retried or given up on, so a workspace whose
+        // last config no successful restart applied must have had its last
+        // restart fail — and a give-up counted for it.
+        let unapplied = |ws: &&Workspace| {
+            ws.applied.load(Ordering::SeqCst) != ws.version.load(Ordering::SeqCst)
+        };
+        let failed_last =
+            |ws: &&Workspace| ws.failed.load(Ordering::SeqCst) == ws.version.load(Ordering::SeqCst);
         let lost_updates = workspaces
             .iter()
-            .filter(|ws| ws.loaded.load(Ordering::SeqCst) != ws.version.load(Ordering::SeqCst))
+            .filter(|ws| unapplied(ws) && !failed_last(ws))
+            .count() as u32;
+        let given_up_configs = workspaces
+            .iter()
+            .filter(|ws| unapplied(ws) && failed_last(ws))
             .count() as u32;
         Report {
             writes: written.load(Ordering::SeqCst),
             restarts: stats.cycles,
             panics: stats.panics,
+            failures: stats.failures,
+            retries: stats.retries,
+            give_ups: stats.give_ups,
             rejected: rejected.load(Ordering::SeqCst),
             lost_updates,
+            given_up_configs,
             max_concurrent: max_concurrent.load(Ordering::SeqCst),
             active_after_shutdown: coalescer.active_keys(),
             wall: started.elapsed(),
@@ -259,8 +333,14 @@ mod storm {
     fn print(config: &Config, r: &Report) {
         let ratio = r.writes as f64 / r.restarts.max(1) as f64;
         println!(
-            "restart_storm: {} workspaces, min interval {:?}, restart {:?}, panic rate {}",
-            config.workspaces, config.min_interval, config.restart, config.panic_rate
+            "restart_storm: {} workspaces, min interval {:?}, restart {:?}, panic rate {}, \
+             fail rate {} (retried: {:?})",
+            config.workspaces,
+            config.min_interval,
+            config.restart,
+            config.panic_rate,
+            config.fail_rate,
+            backoff()
         );
         println!("| metric | value |");
         println!("|---|---|");
@@ -268,8 +348,18 @@ mod storm {
         println!("| restarts run | {} |", r.restarts);
         println!("| coalescing ratio (writes per restart) | {ratio:.1} |");
         println!("| panics contained | {} |", r.panics);
+        println!("| restarts failed | {} |", r.failures);
+        println!("| retries (of failures and panics) | {} |", r.retries);
+        println!(
+            "| given up (after {MAX_RETRIES} retries in a row, or failed inside the drain) | {} |",
+            r.give_ups
+        );
         println!("| rejected requests | {} |", r.rejected);
         println!("| lost updates | {} |", r.lost_updates);
+        println!(
+            "| last configs given up on (at most the give-ups) | {} |",
+            r.given_up_configs
+        );
         println!(
             "| max concurrent restarts per workspace | {} |",
             r.max_concurrent
@@ -299,6 +389,7 @@ mod storm {
                 "--workspaces" => config.workspaces = value.parse().map_err(|e| bad(&e))?,
                 "--writes" => config.writes = value.parse().map_err(|e| bad(&e))?,
                 "--panic-rate" => config.panic_rate = value.parse().map_err(|e| bad(&e))?,
+                "--fail-rate" => config.fail_rate = value.parse().map_err(|e| bad(&e))?,
                 "--min-interval" => {
                     config.min_interval = Duration::from_millis(value.parse().map_err(|e| bad(&e))?)
                 }
@@ -313,8 +404,11 @@ mod storm {
         if config.workspaces == 0 || config.writers == 0 {
             return Err("--workspaces and --writers must be at least 1".to_owned());
         }
-        if !(0.0..=1.0).contains(&config.panic_rate) {
-            return Err("--panic-rate must be between 0 and 1".to_owned());
+        if !(0.0..=1.0).contains(&config.panic_rate) || !(0.0..=1.0).contains(&config.fail_rate) {
+            return Err("--panic-rate and --fail-rate must be between 0 and 1".to_owned());
+        }
+        if config.panic_rate + config.fail_rate > 1.0 {
+            return Err("--panic-rate and --fail-rate must add up to at most 1".to_owned());
         }
         Ok(config)
     }
@@ -328,7 +422,7 @@ mod storm {
                 }
                 eprintln!(
                     "usage: restart_storm [--workspaces N] [--writes M] [--panic-rate P] \
-                     [--min-interval MS] [--restart-ms MS] [--writers T] [--seed S]"
+                     [--fail-rate P] [--min-interval MS] [--restart-ms MS] [--writers T] [--seed S]"
                 );
                 return ExitCode::from(2);
             }
@@ -355,7 +449,8 @@ mod storm {
             Config {
                 workspaces: 8,
                 writes: 3_000,
-                panic_rate: 0.2,
+                panic_rate: 0.1,
+                fail_rate: 0.2,
                 min_interval: Duration::from_millis(min_interval),
                 restart: Duration::from_millis(1),
                 writers: 8,
@@ -388,6 +483,8 @@ mod storm {
                     "nothing coalesced: {report:?}"
                 );
                 assert!(report.panics > 0, "no restart panicked: {report:?}");
+                assert!(report.failures > 0, "no restart failed: {report:?}");
+                assert!(report.retries > 0, "nothing retried: {report:?}");
             }
         }
 
@@ -396,6 +493,8 @@ mod storm {
             let args = |a: &[&str]| parse(a.iter().map(|s| s.to_string()));
             assert!(args(&["--workspaces", "0"]).is_err());
             assert!(args(&["--panic-rate", "2"]).is_err());
+            assert!(args(&["--fail-rate", "-1"]).is_err());
+            assert!(args(&["--fail-rate", "0.6", "--panic-rate", "0.6"]).is_err());
             assert!(args(&["--writes"]).is_err());
             assert!(args(&["--bogus", "1"]).is_err());
             assert_eq!(

@@ -380,7 +380,7 @@ where
         // `close` returned (INV-5). On the memo path it is read before the
         // mark is set; a request that misses it there can only fold into a
         // slot whose runner is still live, which the drain waits for. A
-        // runner reads it as a cycle begins (a retry's last chance, in
+        // runner reads it as a retry begins (its last chance, in
         // `runner::run`); a stale `false` there only allows one more retry,
         // whose wait the drain cuts short.
         self.closed.load(Ordering::Acquire)

@@ -101,8 +101,8 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
     /// reported once (INV-3); then either the retry policy retries the
     /// failure (INV-9) or the waiters are told (INV-8). The slot stays live
     /// either way: [`settle`](Self::settle), or the retry, comes next.
-    /// `last_chance`: the cycle began after shutdown did, so it is not
-    /// retried.
+    /// `last_chance`: the cycle is a retry that began after shutdown did,
+    /// so it is not retried again.
     fn finish<S, D>(
         &mut self,
         shared: &Shared<K, S, D, O>,
@@ -395,9 +395,12 @@ where
             .shared
             .min_interval
             .map(|d| (this.shared.driver.now(), d));
-        // A cycle that begins once shutdown has begun is the key's last
-        // chance: it is not retried (the drain must end).
-        let last_chance = this.shared.retry.is_some() && this.shared.registry.is_closed();
+        // Inside the drain, each failure gets one immediate retry: a retry
+        // that begins once shutdown has begun is its key's last chance (so
+        // the drain ends).
+        let last_chance = this.shared.retry.is_some()
+            && this.runner.failures > 0
+            && this.shared.registry.is_closed();
         this.current.clone_from(&begun.completion);
         let result = cycle(&this.shared, &this.runner).await;
         this.current = None;

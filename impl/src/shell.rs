@@ -237,8 +237,9 @@ macro_rules! front_end {
             /// cycle get their follow-up as usual.
             ///
             /// Shutdown cuts every retry delay short: each key that owes a
-            /// retry gets one immediate final attempt inside the drain, and a
-            /// cycle that began after shutdown began is not retried.
+            /// retry gets one immediate final attempt inside the drain, and so
+            /// does a key whose cycle fails inside the drain; a retry that
+            /// began after shutdown began is not retried again.
             ///
             /// Without a retry policy (the default), a failed cycle answers
             /// its waiters with its error and is not retried. The async

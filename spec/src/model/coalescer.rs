@@ -170,7 +170,8 @@ pub(super) fn step(spec: &Spec, s: &mut State, action: Action) -> Option<()> {
             let covered = cover(s, iu);
             if spec.retries > 0 {
                 s.runners[iu].covering = covered;
-                s.runners[iu].last_chance = s.closed;
+                // A retry that begins while closing is the last chance.
+                s.runners[iu].last_chance = s.closed && s.runners[iu].failures > 0;
             }
         }
         Action::Finish { i, panicked } => {

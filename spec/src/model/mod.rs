@@ -280,8 +280,8 @@ pub struct Runner {
     pub after: u64,
     /// Retry policy: its consecutive failed cycles.
     pub failures: u8,
-    /// Retry policy: its current cycle began with `closed` set, so it is
-    /// not retried.
+    /// Retry policy: its current cycle is a retry that began with `closed`
+    /// set, so it is not retried again.
     pub last_chance: bool,
     /// Ghost (retry policy): the requests its current cycle covers, owed
     /// again if the cycle fails and is retried.
@@ -400,8 +400,8 @@ pub struct Ghost {
     /// Non-vacuity (retry): the policy gave up, and a request accepted
     /// during the cycle it gave up on got its follow-up.
     pub give_up_follow_up: bool,
-    /// Non-vacuity (retry): a cycle that began while closing failed and
-    /// was not retried.
+    /// Non-vacuity (retry): a retry that began while closing failed and
+    /// was not retried again.
     pub last_chance_given_up: bool,
 }
 

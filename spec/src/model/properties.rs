@@ -112,7 +112,7 @@ pub(super) fn all(spec: &Spec) -> Vec<Property<Spec>> {
                 |_, s: &State| s.ghost.give_up_follow_up,
             ),
             Property::sometimes(
-                "retry: a cycle that began while closing fails and is given up on",
+                "retry: a retry that began while closing fails and is given up on",
                 |_, s: &State| s.ghost.last_chance_given_up,
             ),
         ]);
