@@ -61,6 +61,27 @@ mod benches {
                 });
             }
         }
+        // The same coalesced request with a retry policy (and fallible
+        // cycles): the policy is the runner's, so it should cost nothing.
+        for n in [1usize, 256] {
+            let keys = u64_keys(n);
+            let held = Held::retrying(&keys);
+            let label = if n == 1 {
+                "hot".to_owned()
+            } else {
+                n.to_string()
+            };
+            for threads in [1, 2] {
+                g.bench_function(format!("ours_u64_{label}_retry/{threads}t"), |b| {
+                    b.iter_custom(|iters| {
+                        on_threads(threads, iters, |t, i| {
+                            let key = keys[spread(t, i, n)];
+                            black_box(held.coalescer.request(key)).ok();
+                        })
+                    })
+                });
+            }
+        }
         for n in [1usize, 256] {
             let keys = string_keys(n);
             let held = Held::new(&keys);

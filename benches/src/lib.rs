@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use coalescer::Coalescer;
+use std::collections::hash_map::RandomState;
+
+use coalescer::{Backoff, Builder, Coalescer, CycleOutput};
 
 /// The Go implementation's per-key state.
 #[derive(Debug, Default)]
@@ -70,11 +72,12 @@ impl<K: Hash + Eq + Clone> GoPort<K> {
 
 /// An async coalescer whose every key in `keys` has a cycle running that
 /// never ends until the coalescer is dropped (which aborts them; the runtime
-/// is dropped after it, fields dropping in order), on its own runtime.
+/// is dropped after it, fields dropping in order), on its own runtime. `O`
+/// is what its cycles return: `()`, or a `Result` for [`Held::retrying`].
 #[derive(Debug)]
-pub struct Held<K> {
+pub struct Held<K, O: CycleOutput = ()> {
     /// The coalescer; `request` on a held key takes the coalesced path.
-    pub coalescer: Coalescer<K>,
+    pub coalescer: Coalescer<K, RandomState, O>,
     /// Runs the held cycles; dropped after the coalescer.
     _runtime: tokio::runtime::Runtime,
 }
@@ -85,6 +88,39 @@ where
 {
     /// Holds every key in `keys` running.
     pub fn new(keys: &[K]) -> Self {
+        Held::build(keys, |builder, cycle| builder.build(cycle))
+    }
+}
+
+impl<K> Held<K, Result<(), String>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// The same, with fallible cycles and a retry policy: what a request
+    /// costs when the coalescer retries.
+    pub fn retrying(keys: &[K]) -> Self {
+        Held::build(keys, |builder, cycle| {
+            builder
+                .retry(Backoff::exponential(
+                    Duration::from_millis(10),
+                    Duration::from_secs(1),
+                ))
+                .build(cycle)
+        })
+    }
+}
+
+impl<K, O> Held<K, O>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    O: CycleOutput,
+{
+    /// Builds with `build` (given the default builder and a cycle that
+    /// never ends) and holds every key in `keys` running.
+    fn build(
+        keys: &[K],
+        build: impl FnOnce(Builder<K>, HeldCycle<K, O>) -> Coalescer<K, RandomState, O> + Send,
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -92,12 +128,11 @@ where
             .expect("a tokio runtime");
         let started = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&started);
-        let coalescer = runtime.block_on(async move {
-            Coalescer::new(move |_key: K| {
-                counted.fetch_add(1, Ordering::Relaxed);
-                std::future::pending::<()>()
-            })
+        let cycle: HeldCycle<K, O> = Box::new(move |_key: K| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            std::future::pending()
         });
+        let coalescer = runtime.block_on(async move { build(Builder::new(), cycle) });
         for k in keys {
             coalescer.request(k.clone()).expect("open");
         }
@@ -110,6 +145,9 @@ where
         }
     }
 }
+
+/// A held coalescer's cycle: it counts its start, then never ends.
+type HeldCycle<K, O> = Box<dyn Fn(K) -> std::future::Pending<O> + Send + Sync>;
 
 /// `u64` workspace ids `0..n`.
 pub fn u64_keys(n: usize) -> Vec<u64> {

@@ -6,6 +6,7 @@
 //! valgrind --tool=callgrind target/release/hotpath ours
 //! valgrind --tool=callgrind target/release/hotpath go
 //! valgrind --tool=callgrind target/release/hotpath ours 256
+//! valgrind --tool=callgrind target/release/hotpath retry   # ours, with a retry policy
 //! ```
 
 #[cfg(loom)]
@@ -25,6 +26,12 @@ fn main() {
             let go = GoPort::running(&keys);
             for i in 0..N {
                 black_box(go.request(&key(i)));
+            }
+        }
+        Some("retry") => {
+            let held = Held::retrying(&keys);
+            for i in 0..N {
+                let _ = black_box(held.coalescer.request(key(i)));
             }
         }
         _ => {

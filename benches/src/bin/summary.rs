@@ -67,6 +67,20 @@ mod summary {
             goal: Some(("<=", 4.0)),
         },
         Row {
+            what: "with a retry policy vs without, hot key, 1 thread (time ratio)",
+            ours: "request/ours_u64_hot_retry/1t",
+            base: "request/ours_u64_hot/1t",
+            throughput: false,
+            goal: Some(("<=", 1.1)),
+        },
+        Row {
+            what: "with a retry policy vs without, 256 keys, 2 threads (time ratio)",
+            ours: "request/ours_u64_256_retry/2t",
+            base: "request/ours_u64_256/2t",
+            throughput: false,
+            goal: Some(("<=", 1.1)),
+        },
+        Row {
             what: "hot key, 2 threads vs Go port (throughput ratio)",
             ours: "request/ours_u64_hot/2t",
             base: "request/go_u64_hot/2t",
