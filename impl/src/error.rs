@@ -64,6 +64,11 @@ pub enum RunError<E = Infallible> {
     /// `shutdown().await`, which aborts its runners: the covering cycle was
     /// cancelled at an `.await`, or never began.
     Aborted,
+    /// The request was accepted and the cycle covering it began after it,
+    /// but that cycle ran longer than the builder's `timeout`: an async
+    /// cycle was cancelled at its next `.await`; a blocking one returned
+    /// late, and what it returned was dropped.
+    TimedOut,
 }
 
 impl<E> RunError<E> {
@@ -85,6 +90,7 @@ impl<E> Clone for RunError<E> {
             RunError::Panicked => RunError::Panicked,
             RunError::OwnCycle => RunError::OwnCycle,
             RunError::Aborted => RunError::Aborted,
+            RunError::TimedOut => RunError::TimedOut,
         }
     }
 }
@@ -107,6 +113,9 @@ impl<E: fmt::Display> fmt::Display for RunError<E> {
             RunError::Aborted => f.write_str(
                 "the coalescer was dropped without shutdown, which aborted the cycle covering \
                  this request; use `shutdown().await` to drain instead",
+            ),
+            RunError::TimedOut => f.write_str(
+                "the cycle covering this request ran longer than the coalescer's timeout",
             ),
         }
     }

@@ -24,10 +24,13 @@
 //!   value, or [`RunError::Failed`] with the error, of the cycle that
 //!   covered its request;
 //! - **INV-9** a failed cycle is retried once for all its requests: with
-//!   [`Builder::retry`] (a [`Backoff`], or a closure), a failed cycle's
+//!   `Builder::retry` (a [`Backoff`], or a closure), a failed cycle's
 //!   requests are owed to one retry after the policy's delay, into which
 //!   every request meanwhile folds — never both a follow-up and a retry;
-//!   a success resets the count.
+//!   a success resets the count;
+//! - **INV-10** a cycle past its timeout has failed: with
+//!   `Builder::timeout`, it is answered [`RunError::TimedOut`] and retried
+//!   like any failure (an async cycle is cancelled at its `.await`).
 //!
 //! Two front ends share one copy of the protocol (state machine, keyed map
 //! with reclamation, runner logic):
@@ -58,7 +61,8 @@
 //! Events have target `coalescer`: `debug` events with the messages
 //! `started` (a request started a runner), `coalesced` (a request was folded
 //! into an active runner) and `reclaimed` (an idle key's slot was removed);
-//! a `warn` event `cycle failed` for a cycle that returned an error; an
+//! a `warn` event `cycle failed` for a cycle that returned an error, and
+//! `cycle timed out` for one past its timeout; an
 //! `error` event for a panicking cycle, with the field `panic_message`; with
 //! a retry policy, a `debug` event `retrying` and a `warn` event `gave up
 //! retrying`, each with the field `failures` (consecutive failures so far).

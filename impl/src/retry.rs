@@ -14,6 +14,8 @@ pub enum Failure<'a, E> {
     Error(&'a E),
     /// The cycle panicked (the panic hook has been told).
     Panicked,
+    /// The cycle ran longer than the builder's `timeout`.
+    TimedOut,
 }
 
 /// Decides, after a failed cycle of `key`, whether the key runs again and

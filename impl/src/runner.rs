@@ -43,6 +43,9 @@ pub(crate) struct Shared<K, S, D, O: CycleOutput> {
     pub(crate) min_interval: Option<Duration>,
     /// Retries failed cycles (`None`: a failure is not retried).
     pub(crate) retry: Option<Box<dyn RetryPolicy<K, O::Error>>>,
+    /// A cycle running longer than this has failed (`None`: no timeout, or
+    /// no timers to time it with).
+    pub(crate) timeout: Option<Duration>,
     pub(crate) driver: D,
 }
 
@@ -107,7 +110,7 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
         &mut self,
         shared: &Shared<K, S, D, O>,
         begun: &mut Begun<Answer<O>>,
-        result: Result<O, Box<dyn Any + Send>>,
+        result: Result<O, Stopped>,
         last_chance: bool,
     ) -> Then {
         let answer = match result {
@@ -119,10 +122,18 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
                 );
                 RunError::Failed(Arc::new(error))
             }),
-            Err(payload) => {
+            Err(Stopped::Panicked(payload)) => {
                 Counters::bump(&shared.counters.panics);
                 panic::report(&shared.hook, &self.key, payload);
                 Err(RunError::Panicked)
+            }
+            Err(Stopped::TimedOut) => {
+                Counters::bump(&shared.counters.timeouts);
+                tracing::warn!(
+                    target: "coalescer",
+                    "cycle timed out; requests that arrived during it get their follow-up cycle"
+                );
+                Err(RunError::TimedOut)
             }
         };
         Counters::bump(&shared.counters.cycles);
@@ -176,6 +187,7 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
     ) -> Option<Duration> {
         let failure = match error {
             RunError::Failed(error) => Failure::Error(&**error),
+            RunError::TimedOut => Failure::TimedOut,
             _ => Failure::Panicked,
         };
         match catch_unwind(AssertUnwindSafe(|| {
@@ -440,19 +452,56 @@ fn later(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// One cycle of `runner`'s key: the cycle function called and its future
 /// awaited, a panic in either caught, with this thread marked as running
 /// the cycle meanwhile.
-async fn cycle<K, S, D, O: CycleOutput>(
+async fn cycle<K, S, D: Driver, O: CycleOutput>(
     shared: &Shared<K, S, D, O>,
     runner: &Runner<K, O>,
-) -> Result<O, Box<dyn Any + Send>> {
+) -> Result<O, Stopped> {
     let mark = (shared.id(), runner.slot.id());
+    // A deadline too far to name is none.
+    let deadline = shared
+        .timeout
+        .and_then(|timeout| shared.driver.now().checked_add(timeout));
     let called = catch_unwind(AssertUnwindSafe(|| {
         let _in_cycle = enter_cycle(mark);
         (shared.cycle)(&runner.key)
     }));
-    match called {
-        Ok(cycle) => Contained::new(cycle, mark).await,
-        Err(payload) => Err(payload),
+    let cycle = match called {
+        Ok(cycle) => Contained::new(cycle, mark),
+        Err(payload) => return Err(Stopped::Panicked(payload)),
+    };
+    let Some(deadline) = deadline else {
+        return cycle.await.map_err(Stopped::Panicked);
+    };
+    // The cycle first, then the timer: a cycle that is ready is never cut
+    // short by a timer that fired meanwhile. Cut short, `Contained` drops
+    // the cycle's future (a panic there is discarded, as on an abort).
+    let mut cycle = std::pin::pin!(cycle);
+    let mut timer = std::pin::pin!(shared.driver.sleep_until(deadline));
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(ended) = cycle.as_mut().poll(cx) {
+            return Poll::Ready(Some(ended));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await;
+    match ended {
+        None => Err(Stopped::TimedOut),
+        // A cycle that could not be cut short (blocking) but returned late
+        // has timed out all the same; what it returned is dropped.
+        Some(Ok(output)) if shared.driver.now() > deadline => {
+            drop_contained(Some(output), "a cycle's value or error");
+            Err(Stopped::TimedOut)
+        }
+        Some(ended) => ended.map_err(Stopped::Panicked),
     }
+}
+
+/// Why a cycle returned no output.
+enum Stopped {
+    /// It panicked (when called, polled or dropped); the payload.
+    Panicked(Box<dyn Any + Send>),
+    /// It ran longer than the timeout.
+    TimedOut,
 }
 
 /// A cycle future whose panics — while polled, or while dropped — are caught.

@@ -41,6 +41,8 @@ pub struct Builder<K, S, D: Driver, P> {
     pub(crate) min_interval: Duration,
     /// Whether, and after how long, a failed cycle is retried (`None`: never).
     pub(crate) retry: Option<P>,
+    /// A cycle running longer than this has failed (`None`: no timeout).
+    pub(crate) timeout: Option<Duration>,
     /// The driver's own options.
     pub(crate) driver: D::Config,
 }
@@ -54,6 +56,7 @@ impl<K, D: Driver> Builder<K, RandomState, D, NoRetry> {
             shards: default_shards(),
             min_interval: Duration::ZERO,
             retry: None,
+            timeout: None,
             driver: D::Config::default(),
         }
     }
@@ -78,7 +81,10 @@ impl<K, S, D: Driver, P> Builder<K, S, D, P> {
         P: RetryPolicy<K, O::Error>,
     {
         let paced = !self.min_interval.is_zero();
-        let driver = driver(self.driver, paced || self.retry.is_some());
+        let driver = driver(
+            self.driver,
+            paced || self.retry.is_some() || self.timeout.is_some(),
+        );
         let timers = driver.has_timers();
         Coalescer {
             shared: Arc::new(Shared {
@@ -90,6 +96,7 @@ impl<K, S, D: Driver, P> Builder<K, S, D, P> {
                 retry: self
                     .retry
                     .map(|policy| Box::new(policy) as Box<dyn RetryPolicy<K, O::Error>>),
+                timeout: self.timeout.filter(|_| timers),
                 driver,
             }),
         }
@@ -103,6 +110,7 @@ impl<K, S: fmt::Debug, D: Driver, P: fmt::Debug> fmt::Debug for Builder<K, S, D,
             .field("shards", &self.shards)
             .field("min_interval", &self.min_interval)
             .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
             .field("driver", &self.driver)
             .finish_non_exhaustive()
     }
@@ -212,6 +220,7 @@ macro_rules! front_end {
                     shards: self.shards,
                     min_interval: self.min_interval,
                     retry: self.retry,
+                    timeout: self.timeout,
                     driver: self.driver,
                 }
             }
@@ -254,8 +263,30 @@ macro_rules! front_end {
                     shards: self.shards,
                     min_interval: self.min_interval,
                     retry: Some(policy),
+                    timeout: self.timeout,
                     driver: self.driver,
                 }
+            }
+
+            /// A cycle running longer than `timeout` has failed with
+            /// [`RunError::TimedOut`](crate::RunError::TimedOut): counted in
+            /// [`Stats::timeouts`](crate::Stats::timeouts), reported as a
+            /// `warn` event, and — like an error or a panic — retried by the
+            /// retry policy ([`Failure::TimedOut`](crate::Failure::TimedOut)),
+            /// or, without one, answered and settled (requests that arrived
+            /// during it get their follow-up).
+            ///
+            /// The async coalescer cancels the cycle at its next `.await`
+            /// (on tokio's clock; a runtime without the time driver cannot
+            /// time it, and `build` logs an error event). The blocking
+            /// coalescer cannot cancel a thread: its cycle runs on, and when
+            /// it returns after the timeout, what it returned is dropped and
+            /// the cycle counts as timed out all the same. The default: no
+            /// timeout.
+            #[must_use]
+            pub fn timeout(mut self, timeout: ::std::time::Duration) -> Self {
+                self.timeout = Some(timeout);
+                self
             }
 
             /// Sets the number of map shards (rounded up to a power of two,

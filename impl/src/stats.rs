@@ -33,6 +33,9 @@ pub struct Stats {
     pub give_ups: u64,
     /// Cycles that panicked (each also counted in `cycles`).
     pub panics: u64,
+    /// Cycles that ran longer than the builder's `timeout` (each also
+    /// counted in `cycles`; not in `failures`).
+    pub timeouts: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -51,6 +54,7 @@ pub(crate) struct Counters {
     pub(crate) retries: StatCounter,
     pub(crate) give_ups: StatCounter,
     pub(crate) panics: StatCounter,
+    pub(crate) timeouts: StatCounter,
 }
 
 impl Counters {
@@ -75,6 +79,7 @@ impl Counters {
             retries: self.retries.load(Relaxed),
             give_ups: self.give_ups.load(Relaxed),
             panics: self.panics.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
         }
     }
 }

@@ -47,6 +47,10 @@ impl Driver for Tasks {
 
     fn drain(&self) {}
 
+    fn sleep_until(&self, _: Instant) -> impl Future<Output = ()> + Send + '_ {
+        std::future::pending()
+    }
+
     fn is_aborted(&self) -> bool {
         false
     }

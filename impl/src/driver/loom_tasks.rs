@@ -74,6 +74,11 @@ impl Driver for Tasks {
 
     fn drain(&self) {}
 
+    /// Never: loom does not model time, so no model's cycle times out.
+    async fn sleep_until(&self, _: Instant) {
+        std::future::pending::<()>().await;
+    }
+
     fn is_aborted(&self) -> bool {
         // ORDERING: Acquire pairs with the Release store in `on_drop` (as in
         // `tokio_tasks.rs`).

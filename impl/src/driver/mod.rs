@@ -93,6 +93,12 @@ pub trait Driver: Send + Sync + Sized + 'static {
     /// drains without waiting out a pace or a backoff.
     fn drain(&self);
 
+    /// Resolves at `deadline` on the driver's clock, whatever else happens
+    /// (a cycle's timeout, which the drain does not cut short). Never, for
+    /// a driver that cannot cancel a cycle (threads: a blocking cycle runs
+    /// inside one poll) or cannot time one (loom, a runtime without timers).
+    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + '_;
+
     /// Whether runners must begin no further cycle (the async coalescer was
     /// dropped). Read by each runner before each cycle.
     fn is_aborted(&self) -> bool;

@@ -210,6 +210,12 @@ impl Driver for Threads {
         self.wake.notify_all();
     }
 
+    /// Never: a blocking cycle has returned by the time this is polled (the
+    /// runner checks the deadline after it instead).
+    fn sleep_until(&self, _: Instant) -> impl Future<Output = ()> + Send + '_ {
+        std::future::pending()
+    }
+
     /// Threads are never aborted: dropping the coalescer joins them.
     fn is_aborted(&self) -> bool {
         false

@@ -71,7 +71,7 @@ impl Tasks {
             if !usable {
                 tracing::error!(
                     target: "coalescer",
-                    "min_interval and retry delays are ignored: the tokio runtime has no time \
+                    "min_interval, retry delays and timeouts are ignored: the tokio runtime has no time \
                      driver (build it with enable_time or enable_all)"
                 );
             }
@@ -158,6 +158,14 @@ impl Driver for Tasks {
 
     fn drain(&self) {
         self.draining.send_replace(true);
+    }
+
+    async fn sleep_until(&self, deadline: Instant) {
+        if self.timers {
+            time::sleep_until(deadline.into()).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn is_aborted(&self) -> bool {
