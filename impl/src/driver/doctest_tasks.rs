@@ -37,25 +37,11 @@ impl Driver for Tasks {
         false
     }
 
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
     fn until(&self, _: Option<Instant>) -> impl Future<Output = ()> + Send + '_ {
         std::future::ready(())
     }
 
     fn drain(&self) {}
-
-    fn sleep_until(&self, _: Instant) -> impl Future<Output = ()> + Send + '_ {
-        std::future::pending()
-    }
-
-    fn is_aborted(&self) -> bool {
-        false
-    }
-
-    fn reap(&self) {}
 
     fn on_drop(&self, close: impl FnOnce()) {
         close();

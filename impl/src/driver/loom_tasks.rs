@@ -61,10 +61,6 @@ impl Driver for Tasks {
         self.timed
     }
 
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
     /// One yield: a point where every other thread may run (a request joins
     /// the pending follow-up, a shutdown starts draining), after which the
     /// deadline has passed (see `sync`'s `Condvar::wait_until`).
@@ -74,10 +70,8 @@ impl Driver for Tasks {
 
     fn drain(&self) {}
 
-    /// Never: loom does not model time, so no model's cycle times out.
-    async fn sleep_until(&self, _: Instant) {
-        std::future::pending::<()>().await;
-    }
+    // `sleep_until` never resolves (the default): loom does not model
+    // time, so no model's cycle times out.
 
     fn is_aborted(&self) -> bool {
         // ORDERING: Acquire pairs with the Release store in `on_drop` (as in
@@ -85,8 +79,8 @@ impl Driver for Tasks {
         self.aborted.load(Ordering::Acquire)
     }
 
-    /// Loom threads are joined by `poll_drained`.
-    fn reap(&self) {}
+    // `reap` does nothing (the default): loom threads are joined by
+    // `poll_drained`.
 
     /// Loom threads cannot be cancelled: the flag alone keeps runners from
     /// beginning another cycle.

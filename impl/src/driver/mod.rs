@@ -79,9 +79,11 @@ pub trait Driver: Send + Sync + Sized + 'static {
     /// wait: no pacing, and retries follow at once.
     fn has_timers(&self) -> bool;
 
-    /// The driver's clock (tokio's, for tasks: a paused test clock drives
-    /// it).
-    fn now(&self) -> Instant;
+    /// The driver's clock: the system's, unless the driver has its own
+    /// (tokio's, for tasks, which a paused test clock drives).
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
 
     /// Resolves at `deadline` on the driver's clock (`None`: a deadline too
     /// far to name, never), or at once when the coalescer is draining
@@ -96,15 +98,23 @@ pub trait Driver: Send + Sync + Sized + 'static {
     /// Resolves at `deadline` on the driver's clock, whatever else happens
     /// (a cycle's timeout, which the drain does not cut short). Never, for
     /// a driver that cannot cancel a cycle (threads: a blocking cycle runs
-    /// inside one poll) or cannot time one (loom, a runtime without timers).
-    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + '_;
+    /// inside one poll) or cannot time one (loom, a runtime without timers):
+    /// the default.
+    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + '_ {
+        let _ = deadline;
+        std::future::pending()
+    }
 
     /// Whether runners must begin no further cycle (the async coalescer was
-    /// dropped). Read by each runner before each cycle.
-    fn is_aborted(&self) -> bool;
+    /// dropped). Read by each runner before each cycle. Never, by default:
+    /// a driver whose `Drop` joins its runners does not abort them.
+    fn is_aborted(&self) -> bool {
+        false
+    }
 
-    /// Called by a runner as it exits normally.
-    fn reap(&self);
+    /// Called by a runner as it exits normally (nothing, by default: a
+    /// driver that reaps elsewhere).
+    fn reap(&self) {}
 
     /// What dropping the coalescer does: `close` it (admission and pacing),
     /// then abort the runners (tasks) or join them (threads).

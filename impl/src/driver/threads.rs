@@ -186,10 +186,6 @@ impl Driver for Threads {
         true
     }
 
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
     /// Blocks (the future is ready when polled) until `deadline`, or the
     /// coalescer is draining. The key's slot stays live meanwhile, so every
     /// request that arrives joins the one cycle that follows.
@@ -210,19 +206,10 @@ impl Driver for Threads {
         self.wake.notify_all();
     }
 
-    /// Never: a blocking cycle has returned by the time this is polled (the
-    /// runner checks the deadline after it instead).
-    fn sleep_until(&self, _: Instant) -> impl Future<Output = ()> + Send + '_ {
-        std::future::pending()
-    }
-
-    /// Threads are never aborted: dropping the coalescer joins them.
-    fn is_aborted(&self) -> bool {
-        false
-    }
-
-    /// Threads are reaped by the next `spawn`.
-    fn reap(&self) {}
+    // `sleep_until` never resolves (the default): a blocking cycle has
+    // returned by the time it is polled, and the runner checks the deadline
+    // after it instead. Threads are never aborted (dropping the coalescer
+    // joins them) and are reaped by the next `spawn`: the defaults.
 
     /// Shuts down, as `shutdown` does — unless `shutdown_timeout` gave up
     /// on some runners, which `Drop` then does not wait for either.
