@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::completion::Completion;
+use crate::context::CycleContext;
 use crate::driver::{within, Tasks};
 use crate::error::{RunError, StillRunning};
 use crate::output::{Answer, CycleOutput};
@@ -84,9 +85,28 @@ impl<K, S, P> Builder<K, S, P> {
         O: CycleOutput,
         P: RetryPolicy<K, O::Error>,
     {
+        self.build_with_context(move |key, _: CycleContext| cycle(key))
+    }
+
+    /// Builds the coalescer; `cycle(key, context)` is called, and its future
+    /// awaited, each time a cycle of `key` begins. The [`CycleContext`]
+    /// tells the cycle its attempt and whether to stop.
+    ///
+    /// # Panics
+    ///
+    /// As [`build`](Self::build).
+    pub fn build_with_context<F, Fut, O>(self, cycle: F) -> Coalescer<K, S, O>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        S: BuildHasher + Send + Sync + 'static,
+        F: Fn(K, CycleContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = O> + Send + 'static,
+        O: CycleOutput,
+        P: RetryPolicy<K, O::Error>,
+    {
         self.finish(
             Tasks::new,
-            Box::new(move |key: &K| Box::pin(cycle(key.clone()))),
+            Box::new(move |key: &K, context| Box::pin(cycle(key.clone(), context))),
         )
     }
 }
@@ -185,8 +205,11 @@ where
     /// On a runtime without the time driver this waits without a timeout.
     pub async fn shutdown_timeout(&self, timeout: Duration) -> Result<(), StillRunning<K>> {
         let drained = within(timeout, self.shutdown()).await;
-        drained.ok_or_else(|| StillRunning {
-            keys: self.shared.registry.live_keys(),
+        drained.ok_or_else(|| {
+            self.shared.stop.set();
+            StillRunning {
+                keys: self.shared.registry.live_keys(),
+            }
         })
     }
 }

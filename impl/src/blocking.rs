@@ -7,6 +7,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::time::{Duration, Instant};
 
+use crate::context::CycleContext;
 use crate::driver::Threads;
 use crate::error::{RunError, StillRunning};
 use crate::output::CycleOutput;
@@ -59,10 +60,24 @@ impl<K, S, P> Builder<K, S, P> {
         O: CycleOutput,
         P: RetryPolicy<K, O::Error>,
     {
+        self.build_with_context(move |key: &K, _: &CycleContext| cycle(key))
+    }
+
+    /// Builds the coalescer; `cycle(key, context)` is run each time a cycle
+    /// of `key` begins. The [`CycleContext`] tells the cycle its attempt and
+    /// whether to stop (a blocking cycle can only be asked to).
+    pub fn build_with_context<F, O>(self, cycle: F) -> Coalescer<K, S, O>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        S: BuildHasher + Send + Sync + 'static,
+        F: Fn(&K, &CycleContext) -> O + Send + Sync + 'static,
+        O: CycleOutput,
+        P: RetryPolicy<K, O::Error>,
+    {
         // The cycle runs inside the call; its future is ready at once.
         self.finish(
             Threads::new,
-            Box::new(move |key: &K| Box::pin(std::future::ready(cycle(key)))),
+            Box::new(move |key: &K, context| Box::pin(std::future::ready(cycle(key, &context)))),
         )
     }
 }
@@ -152,6 +167,7 @@ where
             return Ok(());
         }
         shared.driver.give_up();
+        shared.stop.set();
         Err(StillRunning {
             keys: shared.registry.live_keys(),
         })

@@ -30,7 +30,8 @@
 //!   a success resets the count;
 //! - **INV-10** a cycle past its timeout has failed: with
 //!   `Builder::timeout`, it is answered [`RunError::TimedOut`] and retried
-//!   like any failure (an async cycle is cancelled at its `.await`).
+//!   like any failure (an async cycle is cancelled at its `.await`; a
+//!   blocking one can stop on its own: [`CycleContext`]).
 //!
 //! Two front ends share one copy of the protocol (state machine, keyed map
 //! with reclamation, runner logic):
@@ -69,6 +70,7 @@
 #![forbid(unsafe_code)]
 
 mod completion;
+mod context;
 mod driver;
 mod error;
 mod memo;
@@ -93,6 +95,7 @@ pub mod blocking;
 mod loom_models;
 
 pub use asynchronous::{Builder, Coalescer, Wait};
+pub use context::CycleContext;
 pub use error::{Admission, Closed, RunError, StillRunning};
 pub use output::CycleOutput;
 pub use panic::PanicReport;

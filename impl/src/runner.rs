@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::completion::Completion;
+use crate::context::{CycleContext, Stop};
 use crate::driver::Driver;
 use crate::error::RunError;
 use crate::output::{Answer, CycleOutput};
@@ -26,10 +27,10 @@ use crate::sync::{thread_local_const, Arc};
 /// One cycle, as the runner awaits it.
 pub(crate) type CycleFuture<O> = Pin<Box<dyn Future<Output = O> + Send>>;
 
-/// The cycle function, as every driver calls it: called when a cycle
-/// begins, its future awaited. (A blocking cycle runs inside the call and
-/// returns a ready future.)
-pub(crate) type CycleFn<K, O> = Box<dyn Fn(&K) -> CycleFuture<O> + Send + Sync>;
+/// The cycle function, as every driver calls it: called with the key and
+/// the cycle's context when a cycle begins, its future awaited. (A blocking
+/// cycle runs inside the call and returns a ready future.)
+pub(crate) type CycleFn<K, O> = Box<dyn Fn(&K, CycleContext) -> CycleFuture<O> + Send + Sync>;
 
 /// What a coalescer's verbs and its runners share; `O` is what its cycles
 /// return.
@@ -46,6 +47,9 @@ pub(crate) struct Shared<K, S, D, O: CycleOutput> {
     /// A cycle running longer than this has failed (`None`: no timeout, or
     /// no timers to time it with).
     pub(crate) timeout: Option<Duration>,
+    /// Set when the coalescer stops waiting for its cycles; every cycle's
+    /// context reads it.
+    pub(crate) stop: Arc<Stop>,
     pub(crate) driver: D,
 }
 
@@ -461,9 +465,15 @@ async fn cycle<K, S, D: Driver, O: CycleOutput>(
     let deadline = shared
         .timeout
         .and_then(|timeout| shared.driver.now().checked_add(timeout));
+    let context = CycleContext::new(
+        runner.failures,
+        deadline,
+        shared.driver.clock(),
+        Arc::clone(&shared.stop),
+    );
     let called = catch_unwind(AssertUnwindSafe(|| {
         let _in_cycle = enter_cycle(mark);
-        (shared.cycle)(&runner.key)
+        (shared.cycle)(&runner.key, context)
     }));
     let cycle = match called {
         Ok(cycle) => Contained::new(cycle, mark),

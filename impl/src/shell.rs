@@ -97,6 +97,7 @@ impl<K, S, D: Driver, P> Builder<K, S, D, P> {
                     .retry
                     .map(|policy| Box::new(policy) as Box<dyn RetryPolicy<K, O::Error>>),
                 timeout: self.timeout.filter(|_| timers),
+                stop: Arc::default(),
                 driver,
             }),
         }
@@ -435,6 +436,9 @@ impl<K, S, D: Driver, O: CycleOutput> Drop for Coalescer<K, S, D, O> {
     /// its runner threads (blocking); see the type docs.
     fn drop(&mut self) {
         let shared = &self.shared;
+        if D::DROP_ABORTS {
+            shared.stop.set();
+        }
         shared.driver.on_drop(|| shared.close());
     }
 }

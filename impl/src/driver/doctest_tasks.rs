@@ -28,6 +28,7 @@ impl Tasks {
 
 impl Driver for Tasks {
     type Config = TasksConfig;
+    const DROP_ABORTS: bool = true;
 
     fn spawn(&self, _: BoxFuture) -> io::Result<()> {
         Ok(())

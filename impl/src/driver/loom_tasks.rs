@@ -49,6 +49,7 @@ impl Tasks {
 
 impl Driver for Tasks {
     type Config = TasksConfig;
+    const DROP_ABORTS: bool = true;
 
     fn spawn(&self, runner: BoxFuture) -> io::Result<()> {
         let handle = thread::spawn(move || loom::future::block_on(runner));

@@ -79,10 +79,19 @@ pub trait Driver: Send + Sync + Sized + 'static {
     /// wait: no pacing, and retries follow at once.
     fn has_timers(&self) -> bool;
 
+    /// Whether dropping the coalescer aborts its runners (tasks) rather
+    /// than joining them (threads): then its cycles are told to stop first.
+    const DROP_ABORTS: bool;
+
     /// The driver's clock: the system's, unless the driver has its own
     /// (tokio's, for tasks, which a paused test clock drives).
+    fn clock(&self) -> fn() -> Instant {
+        Instant::now
+    }
+
+    /// The time on the driver's [`clock`](Self::clock).
     fn now(&self) -> Instant {
-        Instant::now()
+        (self.clock())()
     }
 
     /// Resolves at `deadline` on the driver's clock (`None`: a deadline too

@@ -152,6 +152,7 @@ impl Threads {
 
 impl Driver for Threads {
     type Config = ThreadsConfig;
+    const DROP_ABORTS: bool = false;
 
     fn spawn(&self, runner: BoxFuture) -> io::Result<()> {
         let mut entries = self.entries.lock();

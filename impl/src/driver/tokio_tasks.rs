@@ -115,6 +115,7 @@ impl Tasks {
 
 impl Driver for Tasks {
     type Config = TasksConfig;
+    const DROP_ABORTS: bool = true;
 
     /// Spawns `runner` on the runtime. A runtime that has shut down drops
     /// the task right here, on this thread; the runner's guard sees that it
@@ -130,8 +131,8 @@ impl Driver for Tasks {
         self.timers
     }
 
-    fn now(&self) -> Instant {
-        time::Instant::now().into_std()
+    fn clock(&self) -> fn() -> Instant {
+        || time::Instant::now().into_std()
     }
 
     /// Returns at `deadline`, on tokio's clock, or at once when the
