@@ -16,7 +16,7 @@ use crate::context::CycleContext;
 use crate::driver::{within, Tasks};
 use crate::error::{RunError, StillRunning};
 use crate::output::{Answer, CycleOutput};
-use crate::retry::{NoRetry, RetryPolicy};
+use crate::retry::{FailureHook, NoHook, NoRetry, RetryPolicy};
 use crate::runner::in_cycle_owned_by;
 use crate::shell;
 use crate::sync::Arc;
@@ -54,11 +54,11 @@ use crate::sync::Arc;
 pub type Coalescer<K, S = RandomState, O = ()> = shell::Coalescer<K, S, Tasks, O>;
 
 /// Builds a [`Coalescer`] with options.
-pub type Builder<K, S = RandomState, P = NoRetry> = shell::Builder<K, S, Tasks, P>;
+pub type Builder<K, S = RandomState, P = NoRetry, H = NoHook> = shell::Builder<K, S, Tasks, P, H>;
 
 shell::front_end!(Coalescer, Builder);
 
-impl<K, S, P> Builder<K, S, P> {
+impl<K, S, P, H> Builder<K, S, P, H> {
     /// Runs the runner tasks on `handle`'s runtime instead of the current one.
     // Not in the loom build, which has no tokio (its driver runs loom threads).
     #[cfg(not(any(loom, doctest)))]
@@ -84,6 +84,7 @@ impl<K, S, P> Builder<K, S, P> {
         Fut: Future<Output = O> + Send + 'static,
         O: CycleOutput,
         P: RetryPolicy<K, O::Error>,
+        H: FailureHook<K, O::Error>,
     {
         self.build_with_context(move |key, _: CycleContext| cycle(key))
     }
@@ -103,6 +104,7 @@ impl<K, S, P> Builder<K, S, P> {
         Fut: Future<Output = O> + Send + 'static,
         O: CycleOutput,
         P: RetryPolicy<K, O::Error>,
+        H: FailureHook<K, O::Error>,
     {
         self.finish(
             Tasks::new,

@@ -11,7 +11,7 @@ use crate::context::CycleContext;
 use crate::driver::Threads;
 use crate::error::{RunError, StillRunning};
 use crate::output::CycleOutput;
-use crate::retry::{NoRetry, RetryPolicy};
+use crate::retry::{FailureHook, NoHook, NoRetry, RetryPolicy};
 use crate::shell;
 
 /// A per-key coalescer whose cycles run on threads it owns.
@@ -44,11 +44,11 @@ use crate::shell;
 pub type Coalescer<K, S = RandomState, O = ()> = shell::Coalescer<K, S, Threads, O>;
 
 /// Builds a [`Coalescer`] with options.
-pub type Builder<K, S = RandomState, P = NoRetry> = shell::Builder<K, S, Threads, P>;
+pub type Builder<K, S = RandomState, P = NoRetry, H = NoHook> = shell::Builder<K, S, Threads, P, H>;
 
 shell::front_end!(Coalescer, Builder);
 
-impl<K, S, P> Builder<K, S, P> {
+impl<K, S, P, H> Builder<K, S, P, H> {
     /// Builds the coalescer; `cycle` is run for a key each time a cycle of
     /// that key begins. It returns `()` or, for a cycle that can fail, a
     /// `Result` ([`CycleOutput`]).
@@ -59,6 +59,7 @@ impl<K, S, P> Builder<K, S, P> {
         F: Fn(&K) -> O + Send + Sync + 'static,
         O: CycleOutput,
         P: RetryPolicy<K, O::Error>,
+        H: FailureHook<K, O::Error>,
     {
         self.build_with_context(move |key: &K, _: &CycleContext| cycle(key))
     }
@@ -73,6 +74,7 @@ impl<K, S, P> Builder<K, S, P> {
         F: Fn(&K, &CycleContext) -> O + Send + Sync + 'static,
         O: CycleOutput,
         P: RetryPolicy<K, O::Error>,
+        H: FailureHook<K, O::Error>,
     {
         // The cycle runs inside the call; its future is ready at once.
         self.finish(

@@ -63,7 +63,8 @@
 //! `started` (a request started a runner), `coalesced` (a request was folded
 //! into an active runner) and `reclaimed` (an idle key's slot was removed);
 //! a `warn` event `cycle failed` for a cycle that returned an error, and
-//! `cycle timed out` for one past its timeout; an
+//! `cycle timed out` for one past its timeout, each with the field `attempt`
+//! (unless a failure hook replaces them: `Builder::failure_hook`); an
 //! `error` event for a panicking cycle, with the field `panic_message`; with
 //! a retry policy, a `debug` event `retrying` and a `warn` event `gave up
 //! retrying`, each with the field `failures` (consecutive failures so far).
@@ -99,7 +100,7 @@ pub use context::CycleContext;
 pub use error::{Admission, Closed, RunError, StillRunning};
 pub use output::CycleOutput;
 pub use panic::PanicReport;
-pub use retry::{Backoff, Failure, NoRetry, RetryPolicy};
+pub use retry::{Backoff, Failure, FailureHook, FailureReport, NoHook, NoRetry, RetryPolicy};
 pub use stats::Stats;
 
 #[doc(hidden)]

@@ -45,6 +45,64 @@ where
     }
 }
 
+/// What a failure hook is told about a cycle that failed (returned an
+/// error, or ran past its timeout; a panic goes to the panic hook).
+///
+/// The hook runs on the runner, after the failure and before the retry
+/// policy decides.
+#[derive(Debug)]
+pub struct FailureReport<'a, K, E> {
+    pub(crate) key: &'a K,
+    pub(crate) failure: Failure<'a, E>,
+    pub(crate) attempt: u32,
+}
+
+impl<'a, K, E> FailureReport<'a, K, E> {
+    /// The key whose cycle failed.
+    pub fn key(&self) -> &'a K {
+        self.key
+    }
+
+    /// How it failed: `Failure::Error` or `Failure::TimedOut`.
+    pub fn failure(&self) -> &Failure<'a, E> {
+        &self.failure
+    }
+
+    /// The failed cycle's attempt: the key's consecutive failures before
+    /// it (0 for a first attempt; always 0 without a retry policy).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+/// Told about every failed cycle (`Builder::failure_hook`): implemented by
+/// every `Fn(&FailureReport<'_, K, E>)` closure (annotate its argument:
+/// `|report: &FailureReport<'_, u64, MyError>|`). A panic in it is
+/// contained.
+pub trait FailureHook<K, E>: Send + Sync + 'static {
+    /// Called once per failed cycle.
+    fn report(&self, report: &FailureReport<'_, K, E>);
+}
+
+impl<K, E, F> FailureHook<K, E> for F
+where
+    F: Fn(&FailureReport<'_, K, E>) + Send + Sync + 'static,
+{
+    fn report(&self, report: &FailureReport<'_, K, E>) {
+        self(report);
+    }
+}
+
+/// The failure hook of a builder that was given none: failures are
+/// reported as a `tracing` `warn` event instead.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct NoHook;
+
+impl<K, E> FailureHook<K, E> for NoHook {
+    fn report(&self, _: &FailureReport<'_, K, E>) {}
+}
+
 /// The policy of a builder that was given none: never retry.
 #[derive(Debug, Clone, Copy, Default)]
 #[non_exhaustive]

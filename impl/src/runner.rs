@@ -18,7 +18,7 @@ use crate::error::RunError;
 use crate::output::{Answer, CycleOutput};
 use crate::panic::{self, drop_contained, PanicHook};
 use crate::registry::Registry;
-use crate::retry::{Failure, RetryPolicy};
+use crate::retry::{Failure, FailureHook, FailureReport, RetryPolicy};
 use crate::slot::{AfterCycle, Begun, Slot};
 use crate::state::Requested;
 use crate::stats::{Counters, Stats};
@@ -44,6 +44,8 @@ pub(crate) struct Shared<K, S, D, O: CycleOutput> {
     pub(crate) min_interval: Option<Duration>,
     /// Retries failed cycles (`None`: a failure is not retried).
     pub(crate) retry: Option<Box<dyn RetryPolicy<K, O::Error>>>,
+    /// Told about every failed cycle (`None`: a `tracing` event instead).
+    pub(crate) on_failure: Option<Box<dyn FailureHook<K, O::Error>>>,
     /// A cycle running longer than this has failed (`None`: no timeout, or
     /// no timers to time it with).
     pub(crate) timeout: Option<Duration>,
@@ -120,10 +122,6 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
         let answer = match result {
             Ok(output) => output.into_result().map_err(|error| {
                 Counters::bump(&shared.counters.failures);
-                tracing::warn!(
-                    target: "coalescer",
-                    "cycle failed; requests that arrived during it get their follow-up cycle"
-                );
                 RunError::Failed(Arc::new(error))
             }),
             Err(Stopped::Panicked(payload)) => {
@@ -133,13 +131,12 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
             }
             Err(Stopped::TimedOut) => {
                 Counters::bump(&shared.counters.timeouts);
-                tracing::warn!(
-                    target: "coalescer",
-                    "cycle timed out; requests that arrived during it get their follow-up cycle"
-                );
                 Err(RunError::TimedOut)
             }
         };
+        if let Err(error @ (RunError::Failed(_) | RunError::TimedOut)) = &answer {
+            self.report(shared, error);
+        }
         Counters::bump(&shared.counters.cycles);
         let waiting = begun.completion.take();
         match (&answer, &shared.retry) {
@@ -182,6 +179,33 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
         Then::Settle
     }
 
+    /// Reports the failure `error` (an error returned, or a timeout) to the
+    /// failure hook, containing a panic in it, or without one as a `warn`
+    /// event.
+    fn report<S, D>(&self, shared: &Shared<K, S, D, O>, error: &RunError<O::Error>) {
+        let Some(hook) = &shared.on_failure else {
+            let what = match error {
+                RunError::TimedOut => "cycle timed out",
+                _ => "cycle failed",
+            };
+            tracing::warn!(
+                target: "coalescer",
+                attempt = self.failures,
+                "{what}; requests that arrived during it get their follow-up (or retry) cycle"
+            );
+            return;
+        };
+        let report = FailureReport {
+            key: &self.key,
+            failure: failure_of(error),
+            attempt: self.failures,
+        };
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| hook.report(&report))) {
+            panic::dispose(payload);
+            tracing::error!(target: "coalescer", "the failure hook panicked");
+        }
+    }
+
     /// The retry policy's verdict on the failure `error` (a panic in the
     /// policy is contained and gives up).
     fn ask(
@@ -189,11 +213,7 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
         policy: &dyn RetryPolicy<K, O::Error>,
         error: &RunError<O::Error>,
     ) -> Option<Duration> {
-        let failure = match error {
-            RunError::Failed(error) => Failure::Error(&**error),
-            RunError::TimedOut => Failure::TimedOut,
-            _ => Failure::Panicked,
-        };
+        let failure = failure_of(error);
         match catch_unwind(AssertUnwindSafe(|| {
             policy.retry_after(&self.key, &failure, self.failures)
         })) {
@@ -445,6 +465,15 @@ where
             this.shared.driver.reap();
             return;
         }
+    }
+}
+
+/// A failed cycle's answer, as the retry policy and the failure hook see it.
+fn failure_of<E>(error: &RunError<E>) -> Failure<'_, E> {
+    match error {
+        RunError::Failed(error) => Failure::Error(error),
+        RunError::TimedOut => Failure::TimedOut,
+        _ => Failure::Panicked,
     }
 }
 

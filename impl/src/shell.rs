@@ -16,7 +16,7 @@ use crate::error::{Admission, Closed, RunError};
 use crate::output::{Answer, CycleOutput};
 use crate::panic::{self, PanicHook};
 use crate::registry::{Admitted, Join, Refused, Registry};
-use crate::retry::{NoRetry, RetryPolicy};
+use crate::retry::{FailureHook, NoHook, NoRetry, RetryPolicy};
 use crate::runner::{self, in_cycle_of, CycleFn, Shared, StartError};
 use crate::slot::Slot;
 use crate::state::Requested;
@@ -30,9 +30,9 @@ pub struct Coalescer<K, S, D: Driver, O: CycleOutput> {
     pub(crate) shared: Arc<Shared<K, S, D, O>>,
 }
 
-/// A builder on driver `D` with retry policy `P`; used as
-/// [`crate::Builder`] and [`crate::blocking::Builder`].
-pub struct Builder<K, S, D: Driver, P> {
+/// A builder on driver `D` with retry policy `P` and failure hook `H`; used
+/// as [`crate::Builder`] and [`crate::blocking::Builder`].
+pub struct Builder<K, S, D: Driver, P, H> {
     pub(crate) hook: PanicHook<K>,
     pub(crate) hasher: S,
     pub(crate) shards: usize,
@@ -43,11 +43,13 @@ pub struct Builder<K, S, D: Driver, P> {
     pub(crate) retry: Option<P>,
     /// A cycle running longer than this has failed (`None`: no timeout).
     pub(crate) timeout: Option<Duration>,
+    /// Told about every failed cycle (`None`: a `tracing` event).
+    pub(crate) on_failure: Option<H>,
     /// The driver's own options.
     pub(crate) driver: D::Config,
 }
 
-impl<K, D: Driver> Builder<K, RandomState, D, NoRetry> {
+impl<K, D: Driver> Builder<K, RandomState, D, NoRetry, NoHook> {
     /// The defaults (see `new`, in [`front_end!`]).
     pub(crate) fn defaults() -> Self {
         Builder {
@@ -57,6 +59,7 @@ impl<K, D: Driver> Builder<K, RandomState, D, NoRetry> {
             min_interval: Duration::ZERO,
             retry: None,
             timeout: None,
+            on_failure: None,
             driver: D::Config::default(),
         }
     }
@@ -67,7 +70,7 @@ fn default_shards() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get()) * 4
 }
 
-impl<K, S, D: Driver, P> Builder<K, S, D, P> {
+impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
     /// The coalescer running `cycle` on the driver `driver` makes from the
     /// builder's driver options and whether it will wait between cycles.
     pub(crate) fn finish<O: CycleOutput>(
@@ -79,6 +82,7 @@ impl<K, S, D: Driver, P> Builder<K, S, D, P> {
         K: Hash + Eq,
         S: BuildHasher,
         P: RetryPolicy<K, O::Error>,
+        H: FailureHook<K, O::Error>,
     {
         let paced = !self.min_interval.is_zero();
         let driver = driver(
@@ -96,6 +100,9 @@ impl<K, S, D: Driver, P> Builder<K, S, D, P> {
                 retry: self
                     .retry
                     .map(|policy| Box::new(policy) as Box<dyn RetryPolicy<K, O::Error>>),
+                on_failure: self
+                    .on_failure
+                    .map(|hook| Box::new(hook) as Box<dyn FailureHook<K, O::Error>>),
                 timeout: self.timeout.filter(|_| timers),
                 stop: Arc::default(),
                 driver,
@@ -104,7 +111,7 @@ impl<K, S, D: Driver, P> Builder<K, S, D, P> {
     }
 }
 
-impl<K, S: fmt::Debug, D: Driver, P: fmt::Debug> fmt::Debug for Builder<K, S, D, P> {
+impl<K, S: fmt::Debug, D: Driver, P: fmt::Debug, H> fmt::Debug for Builder<K, S, D, P, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("hasher", &self.hasher)
@@ -112,6 +119,7 @@ impl<K, S: fmt::Debug, D: Driver, P: fmt::Debug> fmt::Debug for Builder<K, S, D,
             .field("min_interval", &self.min_interval)
             .field("retry", &self.retry)
             .field("timeout", &self.timeout)
+            .field("failure_hook", &self.on_failure.is_some())
             .field("driver", &self.driver)
             .finish_non_exhaustive()
     }
@@ -195,7 +203,7 @@ macro_rules! front_end {
             }
         }
 
-        impl<K, S, P> $builder<K, S, P> {
+        impl<K, S, P, H> $builder<K, S, P, H> {
             /// Replaces the panic hook. It is called exactly once for every
             /// cycle that panics — when the cycle function is called, while
             /// its future is polled, or while the finished future is
@@ -214,7 +222,7 @@ macro_rules! front_end {
             /// Replaces the hasher that places keys in the map (the
             /// default, `RandomState`, resists hash flooding).
             #[must_use]
-            pub fn hasher<S2: ::std::hash::BuildHasher>(self, hasher: S2) -> $builder<K, S2, P> {
+            pub fn hasher<S2: ::std::hash::BuildHasher>(self, hasher: S2) -> $builder<K, S2, P, H> {
                 $crate::shell::Builder {
                     hook: self.hook,
                     hasher,
@@ -222,6 +230,7 @@ macro_rules! front_end {
                     min_interval: self.min_interval,
                     retry: self.retry,
                     timeout: self.timeout,
+                    on_failure: self.on_failure,
                     driver: self.driver,
                 }
             }
@@ -257,7 +266,7 @@ macro_rules! front_end {
             /// one without it, retries follow at once (and `build` logs an
             /// error event).
             #[must_use]
-            pub fn retry<P2>(self, policy: P2) -> $builder<K, S, P2> {
+            pub fn retry<P2>(self, policy: P2) -> $builder<K, S, P2, H> {
                 $crate::shell::Builder {
                     hook: self.hook,
                     hasher: self.hasher,
@@ -265,6 +274,28 @@ macro_rules! front_end {
                     min_interval: self.min_interval,
                     retry: Some(policy),
                     timeout: self.timeout,
+                    on_failure: self.on_failure,
+                    driver: self.driver,
+                }
+            }
+
+            /// Tells `hook` about every cycle that fails — returns an error
+            /// or runs past its timeout — with the key, the failure and the
+            /// cycle's attempt ([`FailureReport`](crate::FailureReport)),
+            /// once, on the runner, before the retry policy decides. It
+            /// replaces the default report, a `tracing` `warn` event (target
+            /// `coalescer`). A panic inside the hook is caught and discarded.
+            /// (Panics go to the panic hook.)
+            #[must_use]
+            pub fn failure_hook<H2>(self, hook: H2) -> $builder<K, S, P, H2> {
+                $crate::shell::Builder {
+                    hook: self.hook,
+                    hasher: self.hasher,
+                    shards: self.shards,
+                    min_interval: self.min_interval,
+                    retry: self.retry,
+                    timeout: self.timeout,
+                    on_failure: Some(hook),
                     driver: self.driver,
                 }
             }

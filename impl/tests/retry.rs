@@ -360,3 +360,41 @@ fn blocking_shutdown_cuts_the_backoff_short_with_one_final_attempt() {
     );
     assert_eq!(c.stats().give_ups, 1);
 }
+
+/// The failure hook sees every failed cycle — the key, the error (or the
+/// timeout) and the attempt — once, before the policy decides; a panic in
+/// it is contained.
+#[tokio::test(start_paused = true)]
+async fn the_failure_hook_sees_each_failure_with_its_key_and_attempt() {
+    quiet_injected_panics();
+    let seen: Arc<Mutex<Vec<(u32, String, u32)>>> = Arc::default();
+    let log = Log::default();
+    let c = {
+        let seen = Arc::clone(&seen);
+        Coalescer::builder()
+            .retry(Backoff::exponential(MS, MS).max_retries(1))
+            .failure_hook(move |report: &coalescer::FailureReport<'_, u32, String>| {
+                let what = match report.failure() {
+                    Failure::Error(e) => (*e).clone(),
+                    other => format!("{other:?}"),
+                };
+                seen.lock()
+                    .unwrap()
+                    .push((*report.key(), what, report.attempt()));
+                panic!("{INJECTED}"); // contained
+            })
+            .build(logged(&log, |_| true))
+    };
+    match c.request_and_wait(7).await {
+        Err(RunError::Failed(error)) => assert_eq!(*error, "cycle 2 failed"),
+        other => panic!("expected the last failure, got {other:?}"),
+    }
+    c.shutdown().await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (7, "cycle 1 failed".to_owned(), 0),
+            (7, "cycle 2 failed".to_owned(), 1)
+        ]
+    );
+}
