@@ -398,3 +398,96 @@ async fn the_failure_hook_sees_each_failure_with_its_key_and_attempt() {
         ]
     );
 }
+
+/// Blocking twin: 100 requests (and a waiter) during the retry's delay
+/// fold into the one retry, and no cycle follows it. The delay is an hour
+/// that only the requests' own shutdown could cut short: the retry begins
+/// because the test's `Gate` lets the policy's wait end — here the delay is
+/// held by the test instead of the clock (a policy that blocks until
+/// released), so the requests are certainly inside it.
+#[test]
+fn blocking_requests_during_the_backoff_fold_into_the_one_retry() {
+    let held = Arc::new(coalescer_fixtures::Gate::default());
+    let failed = Arc::new(coalescer_fixtures::Gate::default());
+    let count = Arc::new(AtomicU32::new(0));
+    let c = {
+        let (held, failed, count) = (Arc::clone(&held), Arc::clone(&failed), Arc::clone(&count));
+        blocking::Coalescer::builder()
+            .retry(move |_: &u32, _: &Failure<'_, String>, _: u32| {
+                // The delay: the test makes its requests meanwhile.
+                failed.open();
+                held.wait();
+                Some(Duration::ZERO)
+            })
+            .build(move |_: &u32| {
+                let n = count.fetch_add(1, SeqCst) + 1;
+                if n == 1 {
+                    Err(format!("cycle {n} failed"))
+                } else {
+                    Ok(n)
+                }
+            })
+    };
+    c.request(1).unwrap();
+    failed.wait();
+    for _ in 0..100 {
+        assert_eq!(c.request(1), Ok(Admission::Coalesced));
+    }
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| c.request_and_wait(1));
+        while c.stats().coalesced < 101 {
+            std::thread::yield_now();
+        }
+        held.open();
+        assert_eq!(waiter.join().unwrap(), Ok(2), "covered by the retry");
+    });
+    c.shutdown();
+    assert_eq!(count.load(SeqCst), 2, "one retry, no follow-up besides it");
+}
+
+/// Blocking twin: a success resets the count on the same live runner, and
+/// the policy gives up after `max_retries` with the last error. The success
+/// (cycle 2, a retry) is held while the next request arrives, so its
+/// failing follow-up runs on that runner: the policy sees 1, then 1, 2, 3
+/// (giving up at 3) — 1, 2, 3 and a give-up one cycle early without the
+/// reset.
+#[test]
+fn blocking_a_success_resets_the_count_and_the_policy_gives_up_after_max_retries() {
+    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let held = Arc::new(coalescer_fixtures::Held::default());
+    let count = Arc::new(AtomicU32::new(0));
+    let c = {
+        let (seen, held, count) = (Arc::clone(&seen), Arc::clone(&held), Arc::clone(&count));
+        blocking::Coalescer::builder()
+            .retry(move |_: &u32, _: &Failure<'_, String>, failures: u32| {
+                seen.lock().unwrap().push(failures);
+                Backoff::exponential(MS, MS).max_retries(2).delay(failures)
+            })
+            .build(move |_: &u32| {
+                let n = count.fetch_add(1, SeqCst) + 1;
+                if n == 2 {
+                    held.hold();
+                    return Ok(n);
+                }
+                Err(format!("cycle {n} failed"))
+            })
+    };
+    std::thread::scope(|s| {
+        let first = s.spawn(|| c.request_and_wait(1));
+        held.wait_started(); // cycle 2, the retry that succeeds
+        let before = c.stats().coalesced;
+        let second = s.spawn(|| c.request_and_wait(1));
+        while c.stats().coalesced == before {
+            std::thread::yield_now();
+        }
+        held.release();
+        assert_eq!(first.join().unwrap(), Ok(2));
+        match second.join().unwrap() {
+            Err(RunError::Failed(error)) => assert_eq!(*error, "cycle 5 failed"),
+            other => panic!("expected the last failure, got {other:?}"),
+        }
+    });
+    c.shutdown();
+    assert_eq!(*seen.lock().unwrap(), [1, 1, 2, 3], "counts the policy saw");
+    assert_eq!((c.stats().retries, c.stats().give_ups), (3, 1));
+}
