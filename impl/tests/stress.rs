@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use coalescer::{blocking, Admission, Closed, Coalescer, RunError};
-use coalescer_spec::{check, Event, History, Recorder};
+use coalescer::{blocking, Admission, Closed, Coalescer};
+use coalescer_spec::{check, Answer, Event, History, Recorder};
 
 mod common;
 use common::{quiet_injected_panics, INJECTED};
@@ -221,7 +221,10 @@ fn run_async(shape: Shape) -> History<u64> {
                     if (rng >> 32) % 20 == 0 {
                         let request = world.invoke(key, true);
                         let result = c.request_and_wait(key).await;
-                        world.tape.record(Event::Waited { request, result });
+                        world.tape.record(Event::Waited {
+                            request,
+                            result: (&result).into(),
+                        });
                     } else {
                         world.request(key, |key| c.request(key));
                     }
@@ -283,7 +286,10 @@ fn run_blocking(shape: Shape) -> History<u64> {
                     if (rng >> 32) % 20 == 0 {
                         let request = world.invoke(key, true);
                         let result = c.request_and_wait(key);
-                        world.tape.record(Event::Waited { request, result });
+                        world.tape.record(Event::Waited {
+                            request,
+                            result: (&result).into(),
+                        });
                     } else {
                         world.request(key, |key| c.request(key));
                     }
@@ -324,13 +330,13 @@ fn tally(history: &History<u64>) -> Tally {
             Event::Accepted { .. } => t.accepted += 1,
             Event::Rejected { .. }
             | Event::Waited {
-                result: Err(RunError::Closed),
+                result: Answer::Closed,
                 ..
             } => t.rejected += 1,
             Event::Waited { result, .. } => {
                 t.accepted += 1;
                 t.waits += 1;
-                t.waits_panicked += u64::from(*result == Err(RunError::Panicked));
+                t.waits_panicked += u64::from(*result == Answer::Panicked);
             }
             Event::CycleBegan { .. } => t.cycles += 1,
             Event::CyclePanicked { .. } => t.panics += 1,

@@ -12,10 +12,10 @@ use std::sync::atomic::AtomicUsize as StdAtomicUsize;
 use std::time::Duration;
 
 use coalescer::blocking::{Builder, Coalescer};
-use coalescer::{Admission, Closed, RunError};
+use coalescer::{Admission, Closed, CycleOutput, RunError};
 pub use coalescer_fixtures::loom_model::{check, check_bounded};
 pub use coalescer_fixtures::{Gate, INJECTED};
-use coalescer_spec::{Event, Recorder};
+use coalescer_spec::{Event, Options, Recorder};
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::Arc;
 
@@ -129,9 +129,15 @@ impl Env {
     /// Ends a model: fails it if any cycle panicked other than on purpose,
     /// or if the recorded history breaks an invariant (the spec's oracle).
     pub fn done(&self) {
+        self.done_with(Options::default());
+    }
+
+    /// [`done`](Self::done), for a coalescer built with `options` (one
+    /// that retries its failed cycles).
+    pub fn done_with(&self, options: Options) {
         self.done_unrecorded();
         let history = self.tape.recorder.history();
-        if let Err(violation) = coalescer_spec::check(&history) {
+        if let Err(violation) = coalescer_spec::check_with(&history, options) {
             panic!("{violation}\nhistory: {:#?}", history.events);
         }
     }
@@ -150,6 +156,7 @@ impl Env {
         self.tape.record(Event::CycleBegan { key, saw: None });
         CycleRecord {
             key,
+            failed: false,
             tape: std::sync::Arc::clone(&self.tape),
         }
     }
@@ -314,11 +321,20 @@ impl Tape {
 }
 
 /// Records the end of a cycle when dropped: `CyclePanicked` if dropped while
-/// the cycle unwinds, `CycleEnded` otherwise.
+/// the cycle unwinds, `CycleFailed` after [`failed`](Self::failed),
+/// `CycleEnded` otherwise.
 #[derive(Debug)]
 pub struct CycleRecord {
     key: u8,
+    failed: bool,
     tape: std::sync::Arc<Tape>,
+}
+
+impl CycleRecord {
+    /// The cycle is about to return an error: recorded as it ends.
+    pub fn failed(mut self) {
+        self.failed = true;
+    }
 }
 
 impl Drop for CycleRecord {
@@ -326,6 +342,8 @@ impl Drop for CycleRecord {
         let key = self.key;
         self.tape.record(if std::thread::panicking() {
             Event::CyclePanicked { key }
+        } else if self.failed {
+            Event::CycleFailed { key }
         } else {
             Event::CycleEnded { key }
         });
@@ -339,7 +357,7 @@ pub trait FrontEnd {
     const DROP_ABORTS: bool;
 }
 
-impl FrontEnd for Coalescer<u8, Fixed> {
+impl<O: CycleOutput> FrontEnd for Coalescer<u8, Fixed, O> {
     const DROP_ABORTS: bool = false;
 }
 
@@ -393,7 +411,10 @@ impl<C: FrontEnd> Drop for Recorded<C> {
     }
 }
 
-impl Recorded<Coalescer<u8, Fixed>> {
+impl<O: CycleOutput> Recorded<Coalescer<u8, Fixed, O>>
+where
+    O::Value: Clone,
+{
     /// `request`, recorded.
     pub fn request(&self, key: u8) -> Result<Admission, Closed> {
         let request = self.tape.invoke(key, false);
@@ -403,12 +424,12 @@ impl Recorded<Coalescer<u8, Fixed>> {
     }
 
     /// `request_and_wait`, recorded.
-    pub fn request_and_wait(&self, key: u8) -> Result<(), RunError> {
+    pub fn request_and_wait(&self, key: u8) -> Result<O::Value, RunError<O::Error>> {
         let request = self.tape.invoke(key, true);
         let result = self.inner().request_and_wait(key);
         self.tape.record(Event::Waited {
             request,
-            result: result.clone(),
+            result: (&result).into(),
         });
         result
     }
@@ -443,7 +464,7 @@ impl Recorded<coalescer::Coalescer<u8, Fixed>> {
             let result = wait.await;
             tape.record(Event::Waited {
                 request,
-                result: result.clone(),
+                result: (&result).into(),
             });
             result
         }

@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use coalescer::blocking::Coalescer;
 use coalescer::{Admission, Backoff, Closed, RunError};
 use coalescer_loom_tests::{
     builder, check, check_bounded, coalescer, paced_coalescer, spawn_requester, Env, Fixed, Gate,
     Recorded, INJECTED,
 };
+use coalescer_spec::Options;
 use loom::sync::Arc;
 use loom::thread;
 
@@ -620,6 +622,32 @@ fn retries(retries: u32) -> Backoff {
     Backoff::exponential(Duration::ZERO, Duration::ZERO).max_retries(retries)
 }
 
+/// How the oracle reads the retry models' histories: failed cycles may be
+/// retried (INV-9).
+const RETRIES: Options = Options { retries: true };
+
+/// A recorded coalescer that retries (up to `max` in a row) and whose cycle
+/// `n` (0-based) fails while `fails(n)`; `after` runs first in each cycle.
+fn retrying(
+    env: &Arc<Env>,
+    max: u32,
+    fails: impl Fn(usize) -> bool + Send + Sync + 'static,
+    after: impl Fn(usize) + Send + Sync + 'static,
+) -> Arc<Recorded<Coalescer<u8, Fixed, Result<(), &'static str>>>> {
+    let cycles = Arc::clone(env);
+    let c = builder(env).retry(retries(max)).build(move |key: &u8| {
+        let record = cycles.recorded_cycle(*key);
+        let n = cycles.cycle();
+        after(n);
+        if fails(n) {
+            record.failed();
+            return Err("injected failure");
+        }
+        Ok(())
+    });
+    Arc::new(Recorded::new(c, env))
+}
+
 /// INV-9: a request made while a cycle runs that then fails folds into
 /// that cycle's one retry — exactly two cycles, the retry sees the
 /// request's write — and no follow-up begins beside the retry.
@@ -629,17 +657,18 @@ fn inv9_a_request_during_a_failing_cycle_folds_into_its_one_retry() {
         let env = Env::new(1);
         let (started, proceed) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
         let c = {
-            let (cycles, started, proceed) =
-                (Arc::clone(&env), Arc::clone(&started), Arc::clone(&proceed));
-            Arc::new(builder(&env).retry(retries(1)).build(move |_: &u8| {
-                let n = cycles.cycle();
-                if n > 0 {
-                    return Ok(());
-                }
-                started.open();
-                proceed.wait();
-                Err("injected failure")
-            }))
+            let (started, proceed) = (Arc::clone(&started), Arc::clone(&proceed));
+            retrying(
+                &env,
+                1,
+                |n| n == 0,
+                move |n| {
+                    if n == 0 {
+                        started.open();
+                        proceed.wait();
+                    }
+                },
+            )
         };
         assert_eq!(c.request(0), Ok(Admission::Started));
         started.wait();
@@ -656,7 +685,8 @@ fn inv9_a_request_during_a_failing_cycle_folds_into_its_one_retry() {
         );
         let stats = c.stats();
         assert_eq!((stats.failures, stats.retries, stats.give_ups), (1, 1, 0));
-        env.done_unrecorded();
+        drop(c);
+        env.done_with(RETRIES);
     });
 }
 
@@ -664,37 +694,25 @@ fn inv9_a_request_during_a_failing_cycle_folds_into_its_one_retry() {
 /// retry decision, the runner's own request, the wait and the retry's
 /// `begin` — and shutdown follows. The request is never lost (the last
 /// cycle sees its write), no two cycles overlap, the failure is retried
-/// (inside the drain too: one immediate retry there) or given up on (and
-/// only the request's follow-up may follow), and at most one cycle follows
-/// a retry (the request's own follow-up, when it came after the retry
-/// began).
+/// (its first, so even inside the drain), and at most one cycle follows
+/// the retry (the request's own follow-up, when it came after the retry
+/// began); the oracle pins each cycle to a request it covers.
 #[test]
 fn inv9_inv2_request_racing_a_failing_cycles_retry_is_covered() {
     check("request_racing_a_failing_cycles_retry", || {
         let env = Env::new(1);
-        let c = {
-            let cycles = Arc::clone(&env);
-            Arc::new(builder(&env).retry(retries(1)).build(move |_: &u8| {
-                if cycles.cycle() == 0 {
-                    Err("injected failure")
-                } else {
-                    Ok(())
-                }
-            }))
-        };
+        let c = retrying(&env, 1, |n| n == 0, |_| {});
         assert_eq!(c.request(0), Ok(Admission::Started));
         let requester = spawn_requester(&c, &env, |c| c.request(0).unwrap());
         let _ = requester.join().unwrap();
         c.shutdown();
         env.assert_last_cycle_saw(&[0]);
-        // The failed cycle is retried (its first failure, so even inside
-        // the drain), and after the retry at most the request's own
-        // follow-up.
         let cycles = env.log().len();
         let stats = c.stats();
         assert_eq!((stats.failures, stats.retries, stats.give_ups), (1, 1, 0));
         assert!((2..=3).contains(&cycles), "{cycles} cycles, {stats:?}");
-        env.done_unrecorded();
+        drop(c);
+        env.done_with(RETRIES);
     });
 }
 
@@ -708,13 +726,7 @@ fn inv9_inv2_request_racing_a_failing_cycles_retry_is_covered() {
 fn inv5_inv9_shutdown_racing_a_retry_wait_drains_it() {
     check("shutdown_racing_a_retry_wait", || {
         let env = Env::new(1);
-        let c = {
-            let cycles = Arc::clone(&env);
-            Arc::new(builder(&env).retry(retries(2)).build(move |_: &u8| {
-                cycles.cycle();
-                Err::<(), _>("injected failure")
-            }))
-        };
+        let c = retrying(&env, 2, |_| true, |_| {});
         assert_eq!(c.request(0), Ok(Admission::Started));
         let requester = spawn_requester(&c, &env, |c| c.request(0));
         c.shutdown();
@@ -743,6 +755,6 @@ fn inv5_inv9_shutdown_racing_a_retry_wait_drains_it() {
             1,
             "a runner outlived the coalescer"
         );
-        env.done_unrecorded();
+        env.done_with(RETRIES);
     });
 }

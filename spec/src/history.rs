@@ -2,9 +2,10 @@
 //! over what a test can observe from outside the coalescer.
 //!
 //! A test records [`Event`]s into a [`Recorder`] as they happen — a request
-//! is *invoked*, then *returns*; a cycle *begins*, then *ends* or *panics*;
-//! `shutdown` *begins* and *ends* — and hands the finished [`History`] to
-//! [`check`], which returns the first [`Violation`] it finds.
+//! is *invoked*, then *returns*; a cycle *begins*, then *ends*, *fails* or
+//! *panics*; `shutdown` *begins* and *ends* — and hands the finished
+//! [`History`] to [`check`] (or [`check_with`], for a coalescer that
+//! retries), which returns the first [`Violation`] it finds.
 //!
 //! # What the order of a history means
 //!
@@ -39,6 +40,53 @@ use coalescer::{Admission, RunError};
 /// A test's name for one request, unique within a history.
 pub type RequestId = u64;
 
+/// What a `request_and_wait` was told, whatever its cycle returns
+/// ([`Answer::from`] a `request_and_wait` result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Answer {
+    /// `Ok`: its covering cycle completed (returned `()` or `Ok`).
+    Completed,
+    /// `RunError::Failed`: its covering cycle returned an error.
+    Failed,
+    /// `RunError::Panicked`.
+    Panicked,
+    /// `RunError::TimedOut`.
+    TimedOut,
+    /// `RunError::Closed`: rejected.
+    Closed,
+    /// `RunError::OwnCycle`: refused, nothing recorded.
+    OwnCycle,
+    /// `RunError::Aborted`.
+    Aborted,
+    /// A `RunError` this oracle does not know: the history is malformed
+    /// until the oracle learns it.
+    Unknown,
+}
+
+impl<T, E> From<&Result<T, RunError<E>>> for Answer {
+    fn from(result: &Result<T, RunError<E>>) -> Self {
+        match result {
+            Ok(_) => Answer::Completed,
+            Err(RunError::Failed(_)) => Answer::Failed,
+            Err(RunError::Panicked) => Answer::Panicked,
+            Err(RunError::TimedOut) => Answer::TimedOut,
+            Err(RunError::Closed) => Answer::Closed,
+            Err(RunError::OwnCycle) => Answer::OwnCycle,
+            Err(RunError::Aborted) => Answer::Aborted,
+            Err(_) => Answer::Unknown,
+        }
+    }
+}
+
+/// How the oracle reads a history: what the coalescer was built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    /// The coalescer retries failed cycles (`Builder::retry`): a cycle that
+    /// failed or panicked may be followed by a retry that covers the same
+    /// requests (INV-9).
+    pub retries: bool,
+}
+
 /// One observable step of an execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event<K> {
@@ -71,13 +119,12 @@ pub enum Event<K> {
         request: RequestId,
     },
     /// A `request_and_wait` returned (or its `Wait` resolved) with `result`.
-    /// `Err(RunError::Closed)` may be recorded as this or as
-    /// [`Event::Rejected`].
+    /// `Answer::Closed` may be recorded as this or as [`Event::Rejected`].
     Waited {
         /// The request's name.
         request: RequestId,
         /// What the call returned.
-        result: Result<(), RunError>,
+        result: Answer,
     },
     /// A cycle of `key` began (recorded first thing in the cycle function).
     /// `saw` is the version of the key's data the cycle read, if the test
@@ -97,6 +144,12 @@ pub enum Event<K> {
     /// The cycle of `key` that is running is about to panic (recorded just
     /// before the panic is raised).
     CyclePanicked {
+        /// The key.
+        key: K,
+    },
+    /// The cycle of `key` that is running is about to return an error
+    /// (recorded last thing in the cycle function).
+    CycleFailed {
         /// The key.
         key: K,
     },
@@ -187,6 +240,9 @@ pub enum Invariant {
     /// INV-3: every panicking cycle is reported exactly once, and a waiter
     /// covered by it gets `RunError::Panicked`.
     PanicContainment,
+    /// INV-8: a waiter gets the answer of a cycle that covers it (a failed
+    /// cycle's waiter gets `RunError::Failed`).
+    CoveringAnswer,
     /// INV-4: the covering cycle sees what the requester wrote before it
     /// requested.
     HappensBefore,
@@ -211,6 +267,7 @@ impl Invariant {
             Invariant::HappensBefore => "INV-4",
             Invariant::Shutdown => "INV-5",
             Invariant::NoSpuriousCycle => "INV-7",
+            Invariant::CoveringAnswer => "INV-8",
             Invariant::WellFormed => "well-formed history",
         }
     }
@@ -225,6 +282,7 @@ impl fmt::Display for Invariant {
             Invariant::HappensBefore => "a request happens-before its covering cycle",
             Invariant::Shutdown => "shutdown drains",
             Invariant::NoSpuriousCycle => "no spurious cycle",
+            Invariant::CoveringAnswer => "a waiter gets its covering cycle's answer",
             Invariant::WellFormed => "events recorded in a possible order",
         };
         write!(f, "{} ({name})", self.id())
@@ -264,7 +322,7 @@ struct Request<K> {
     /// The index and outcome of its `Accepted` / `Rejected` event.
     admitted: Option<(usize, Result<Admission, ()>)>,
     /// The index and result of its `Waited` event.
-    waited: Option<(usize, Result<(), RunError>)>,
+    waited: Option<(usize, Answer)>,
 }
 
 impl<K> Request<K> {
@@ -277,22 +335,39 @@ impl<K> Request<K> {
     }
 }
 
+/// How a cycle ended, as it recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Completed,
+    Panicked,
+    Failed,
+}
+
 /// One cycle: where it began and ended.
 #[derive(Debug, Clone, Copy)]
 struct Cycle {
     began: usize,
     saw: Option<u64>,
-    /// Index of its end, and whether it panicked; `None` while it runs.
-    ended: Option<(usize, bool)>,
+    /// Index of its end, and how; `None` while it runs.
+    ended: Option<(usize, Ended)>,
 }
 
 /// Checks `history` against every invariant and returns the first
 /// violation, in the order: well-formedness, INV-1, INV-5, INV-2, INV-4,
-/// INV-3, INV-7.
+/// INV-3, INV-8, INV-7. The coalescer is read as one without retries
+/// ([`check_with`] takes [`Options`]).
 ///
 /// See the [module documentation](self) for how the order of events is read
 /// and why the history must be complete.
 pub fn check<K>(history: &History<K>) -> Result<(), Violation>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+{
+    check_with(history, Options::default())
+}
+
+/// [`check`], for a coalescer built with `options`.
+pub fn check_with<K>(history: &History<K>, options: Options) -> Result<(), Violation>
 where
     K: Hash + Eq + Clone + fmt::Debug,
 {
@@ -404,22 +479,27 @@ where
                         ),
                     ));
                 }
-                r.waited = Some((at, result.clone()));
-                if *result == Err(RunError::Closed) && shutdown_began.is_none() && aborted.is_none()
-                {
+                r.waited = Some((at, *result));
+                if *result == Answer::Unknown {
+                    return Err(fail(
+                        Invariant::WellFormed,
+                        format!("request {request} got an answer this oracle does not know"),
+                    ));
+                }
+                if *result == Answer::Closed && shutdown_began.is_none() && aborted.is_none() {
                     return Err(fail(
                         Invariant::Shutdown,
                         format!("request {request} was rejected before any shutdown began"),
                     ));
                 }
-                if *result == Err(RunError::Aborted) && aborted.is_none() {
+                if *result == Answer::Aborted && aborted.is_none() {
                     return Err(fail(
                         Invariant::Shutdown,
                         format!("request {request} was aborted, but the coalescer was never dropped without shutdown"),
                     ));
                 }
                 if let Some(ended) = shutdown_ended.filter(|&e| e < r.invoked) {
-                    if *result != Err(RunError::Closed) {
+                    if *result != Answer::Closed {
                         return Err(fail(
                             Invariant::Shutdown,
                             format!(
@@ -457,8 +537,14 @@ where
                     ended: None,
                 });
             }
-            Event::CycleEnded { key } | Event::CyclePanicked { key } => {
-                let panicked = matches!(event, Event::CyclePanicked { .. });
+            Event::CycleEnded { key }
+            | Event::CyclePanicked { key }
+            | Event::CycleFailed { key } => {
+                let how = match event {
+                    Event::CyclePanicked { .. } => Ended::Panicked,
+                    Event::CycleFailed { .. } => Ended::Failed,
+                    _ => Ended::Completed,
+                };
                 let Some(open) = cycles
                     .get_mut(key)
                     .and_then(|cs| cs.last_mut())
@@ -469,8 +555,8 @@ where
                         format!("a cycle of key {key:?} ended, but none was running"),
                     ));
                 };
-                open.ended = Some((at, panicked));
-                if panicked {
+                open.ended = Some((at, how));
+                if how == Ended::Panicked {
                     reports.entry(key.clone()).or_default().0 += 1;
                 }
             }
@@ -575,15 +661,20 @@ where
             let at = *at;
             // The covering cycle began after the invocation and ended before
             // the return, with the outcome the waiter was given.
-            let done = |panicked: bool| {
+            let done = |how: Ended| {
                 after
                     .iter()
                     .take_while(|c| c.began < at)
-                    .any(|c| matches!(c.ended, Some((e, p)) if e < at && p == panicked))
+                    .any(|c| matches!(c.ended, Some((e, h)) if e < at && h == how))
             };
             let (ok, invariant, what) = match result {
-                Ok(()) => (done(false), Invariant::NoLostWakeup, "completed"),
-                Err(RunError::Panicked) => (done(true), Invariant::PanicContainment, "panicked"),
+                Answer::Completed => (done(Ended::Completed), Invariant::NoLostWakeup, "completed"),
+                Answer::Panicked => (
+                    done(Ended::Panicked),
+                    Invariant::PanicContainment,
+                    "panicked",
+                ),
+                Answer::Failed => (done(Ended::Failed), Invariant::CoveringAnswer, "failed"),
                 _ => (true, Invariant::NoLostWakeup, ""),
             };
             if !ok {
@@ -611,7 +702,7 @@ where
             });
         }
     }
-    if let Some(v) = spurious_cycle(&requests, &accepted, &cycles) {
+    if let Some(v) = spurious_cycle(&requests, &accepted, &cycles, options) {
         return Err(v);
     }
     if shutdown_ended.is_some() || aborted.is_none() {
@@ -657,10 +748,16 @@ where
 /// which begins after every request it could cover already had its cycle.
 /// The rule is sound (the assignment of a correct execution is one the greedy
 /// choice can match) and stronger than counting cycles against requests.
+///
+/// With [`Options::retries`], a cycle that failed or panicked may have been
+/// retried: it needs a request in its range but does not use it up, and a
+/// request's range runs on through the retries of its last cycle (each
+/// failed cycle's successor may cover it again).
 fn spurious_cycle<K>(
     requests: &HashMap<RequestId, Request<K>>,
     accepted: &HashSet<RequestId>,
     cycles: &HashMap<K, Vec<Cycle>>,
+    options: Options,
 ) -> Option<Violation>
 where
     K: Hash + Eq + Clone + fmt::Debug,
@@ -685,7 +782,15 @@ where
         // Ends are in order (INV-1 was checked first); a cycle that never
         // ended counts as ending at the end of time.
         let ended_before = cs.partition_point(|c| c.ended.is_some_and(|(e, _)| e < admitted));
-        let hi = (ended_before + 1).min(cs.len().saturating_sub(1));
+        let mut hi = (ended_before + 1).min(cs.len().saturating_sub(1));
+        // With retries, a cycle that failed may be retried by the next one,
+        // which then covers the same requests again.
+        while options.retries
+            && hi + 1 < cs.len()
+            && matches!(cs[hi].ended, Some((_, Ended::Failed | Ended::Panicked)))
+        {
+            hi += 1;
+        }
         if lo <= hi {
             ranges.entry(&r.key).or_default().push((lo, hi));
         }
@@ -707,7 +812,17 @@ where
             while open.peek().is_some_and(|&std::cmp::Reverse(hi)| hi < j) {
                 open.pop();
             }
-            if open.pop().is_none() {
+            // With retries, a cycle that failed or panicked may be retried:
+            // its requests are then owed to the retry, so it needs one but
+            // does not use it up (the retry may take the same one).
+            let retried =
+                options.retries && matches!(c.ended, Some((_, Ended::Failed | Ended::Panicked)));
+            let covered = if retried {
+                open.peek().is_some()
+            } else {
+                open.pop().is_some()
+            };
+            if !covered {
                 if first.as_ref().map_or(true, |v| c.began < v.at) {
                     first = Some(Violation {
                         invariant: Invariant::NoSpuriousCycle,
@@ -747,7 +862,7 @@ fn accepted_requests<K>(events: &[Event<K>]) -> HashSet<RequestId> {
         .iter()
         .filter_map(|e| match e {
             Event::Accepted { request, .. } => Some(*request),
-            Event::Waited { request, result } if *result != Err(RunError::Closed) => Some(*request),
+            Event::Waited { request, result } if *result != Answer::Closed => Some(*request),
             _ => None,
         })
         .collect()

@@ -20,7 +20,9 @@ pub mod history;
 #[cfg(not(any(loom, doctest)))]
 pub mod model;
 
-pub use history::{check, Event, History, Invariant, Recorder, RequestId, Violation};
+pub use history::{
+    check, check_with, Answer, Event, History, Invariant, Options, Recorder, RequestId, Violation,
+};
 
 /// The state word of the implementation: the very file `impl/src/state.rs`,
 /// not a copy, so the model's transitions are the code's.

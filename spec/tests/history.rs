@@ -1,8 +1,8 @@
 //! The history oracle: a correct history passes, and each invariant's
 //! violation is reported as that invariant, at the event that shows it.
 
-use coalescer::{Admission, RunError};
-use coalescer_spec::{check, Event, History, Invariant};
+use coalescer::Admission;
+use coalescer_spec::{check, check_with, Answer, Event, History, Invariant, Options};
 
 use Event::*;
 
@@ -76,7 +76,7 @@ fn a_correct_history_passes() {
         ended(2),
         Waited {
             request: 3,
-            result: Ok(()),
+            result: Answer::Completed,
         },
         ShutdownBegan,
         invoked(4, 1),
@@ -146,7 +146,7 @@ fn inv2_a_wait_that_returns_before_its_cycle_completed() {
         began(1),
         Waited {
             request: 0,
-            result: Ok(()),
+            result: Answer::Completed,
         },
         ended(1),
     ];
@@ -181,7 +181,7 @@ fn inv3_a_waiter_told_panicked_by_a_cycle_that_completed() {
         ended(1),
         Waited {
             request: 0,
-            result: Err(RunError::Panicked),
+            result: Answer::Panicked,
         },
     ];
     assert_eq!(violation(events), (Invariant::PanicContainment, 3));
@@ -246,7 +246,7 @@ fn inv5_aborted_without_a_drop() {
         wait(0, 1),
         Waited {
             request: 0,
-            result: Err(RunError::Aborted),
+            result: Answer::Aborted,
         },
     ];
     assert_eq!(violation(events), (Invariant::Shutdown, 1));
@@ -263,7 +263,7 @@ fn the_abort_path_may_leave_requests_unrun() {
         Aborted,
         Waited {
             request: 1,
-            result: Err(RunError::Aborted),
+            result: Answer::Aborted,
         },
     ]);
     assert_eq!(check(&h), Ok(()));
@@ -349,7 +349,7 @@ fn inv7_a_waiter_is_pinned_by_its_admission() {
     events.extend([wait(2, 1), coalesced(2), ended(1), began(1), ended(1)]);
     events.push(Waited {
         request: 2,
-        result: Ok(()),
+        result: Answer::Completed,
     });
     events.extend([began(1), ended(1)]);
     assert_eq!(violation(events), (Invariant::NoSpuriousCycle, 11));
@@ -367,4 +367,81 @@ fn malformed_histories_are_reported_as_such() {
     ] {
         assert_eq!(violation(events).0, Invariant::WellFormed);
     }
+}
+
+/// INV-8: a failed cycle's waiter is told `Failed`; told anything else, or
+/// told `Failed` by a cycle that completed, the history is wrong.
+#[test]
+fn inv8_a_waiter_gets_the_answer_of_its_covering_cycle() {
+    let failed = |answer| {
+        vec![
+            wait(0, 1),
+            started(0),
+            began(1),
+            CycleFailed { key: 1 },
+            Waited {
+                request: 0,
+                result: answer,
+            },
+        ]
+    };
+    assert_eq!(check(&History::new(failed(Answer::Failed))), Ok(()));
+    let told_completed = check(&History::new(failed(Answer::Completed))).unwrap_err();
+    assert_eq!(
+        told_completed.invariant,
+        Invariant::NoLostWakeup,
+        "{told_completed}"
+    );
+    let completed_but_failed = vec![
+        wait(0, 1),
+        started(0),
+        began(1),
+        ended(1),
+        Waited {
+            request: 0,
+            result: Answer::Failed,
+        },
+    ];
+    let v = check(&History::new(completed_but_failed)).unwrap_err();
+    assert_eq!((v.invariant, v.at), (Invariant::CoveringAnswer, 4), "{v}");
+}
+
+/// INV-7 with INV-9: a cycle that failed may be followed by a retry that
+/// covers the same request — a spurious cycle without retries, none with
+/// them; a cycle after a success still needs a request of its own.
+#[test]
+fn inv9_a_retry_may_cover_its_failed_cycles_requests() {
+    let retried = History::new(vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        CycleFailed { key: 1 },
+        began(1),
+        ended(1),
+    ]);
+    let v = check(&retried).unwrap_err();
+    assert_eq!(v.invariant, Invariant::NoSpuriousCycle, "{v}");
+    assert_eq!(check_with(&retried, Options { retries: true }), Ok(()));
+    // Retried twice: the request's range runs on through both retries.
+    let twice = History::new(vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        CycleFailed { key: 1 },
+        began(1),
+        CycleFailed { key: 1 },
+        began(1),
+        ended(1),
+    ]);
+    assert_eq!(check_with(&twice, Options { retries: true }), Ok(()));
+    let after_success = History::new(vec![
+        invoked(0, 1),
+        started(0),
+        began(1),
+        ended(1),
+        began(1),
+        ended(1),
+    ]);
+    let v = check_with(&after_success, Options { retries: true }).unwrap_err();
+    assert_eq!((v.invariant, v.at), (Invariant::NoSpuriousCycle, 4), "{v}");
 }
