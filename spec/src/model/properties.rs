@@ -96,7 +96,7 @@ pub(super) fn all(spec: &Spec) -> Vec<Property<Spec>> {
     if spec.retries > 0 {
         properties.extend([
             Property::always(
-                "INV-9 no cycle that began while closing is retried, none beyond the bound",
+                "INV-9f no retry that began while closing is retried again, none beyond the bound",
                 |_, s: &State| !s.ghost.retried_last_chance && !s.ghost.retried_beyond_bound,
             ),
             Property::sometimes(
