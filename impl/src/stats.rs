@@ -26,10 +26,11 @@ pub struct Stats {
     pub cycles: u64,
     /// Cycles that returned an error (each also counted in `cycles`).
     pub failures: u64,
-    /// Failed cycles (errors and panics) that the retry policy retried.
+    /// Failed cycles (errors, panics and timeouts) that the retry policy
+    /// retried.
     pub retries: u64,
-    /// Failed cycles after which the retry policy gave up (never counted
-    /// without a policy).
+    /// Failed cycles after which the retry policy gave up, or that were
+    /// the last chance inside a drain (never counted without a policy).
     pub give_ups: u64,
     /// Cycles that panicked (each also counted in `cycles`).
     pub panics: u64,
