@@ -626,6 +626,9 @@ fn retries(retries: u32) -> Backoff {
 /// retried (INV-9).
 const RETRIES: Options = Options { retries: true };
 
+/// The retry models' coalescer: its cycles may fail.
+type Retrying = Coalescer<u8, Fixed, Result<(), &'static str>>;
+
 /// A recorded coalescer that retries (up to `max` in a row) and whose cycle
 /// `n` (0-based) fails while `fails(n)`; `after` runs first in each cycle.
 fn retrying(
@@ -633,7 +636,7 @@ fn retrying(
     max: u32,
     fails: impl Fn(usize) -> bool + Send + Sync + 'static,
     after: impl Fn(usize) + Send + Sync + 'static,
-) -> Arc<Recorded<Coalescer<u8, Fixed, Result<(), &'static str>>>> {
+) -> Arc<Recorded<Retrying>> {
     let cycles = Arc::clone(env);
     let c = builder(env).retry(retries(max)).build(move |key: &u8| {
         let record = cycles.recorded_cycle(*key);
