@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use coalescer::{blocking, Coalescer, CycleOutput, RunError};
 
+#[macro_use]
 mod common;
 use coalescer_fixtures::{Held, HeldAsync};
 use common::{quiet_injected_panics, INJECTED};
@@ -256,33 +257,6 @@ async fn a_panic_dropping_an_unclaimed_value_is_contained() {
         other => panic!("the follow-up's waiter got {other:?}"),
     }
     c.shutdown().await;
-}
-
-/// Generates `NAME::current_thread` and `NAME::multi_thread` tests from an
-/// `async fn NAME()`.
-macro_rules! on_both_runtimes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn current_thread() {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(super::$name());
-            }
-
-            #[test]
-            fn multi_thread() {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(super::$name());
-            }
-        }
-    )*};
 }
 
 on_both_runtimes!(

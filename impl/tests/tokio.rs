@@ -13,36 +13,10 @@ use std::task::{Context, Poll};
 use coalescer::{Admission, Closed, Coalescer, RunError};
 use tokio::sync::Notify;
 
+#[macro_use]
 mod common;
 use coalescer_fixtures::HeldAsync;
 use common::{quiet_injected_panics, PanicsWhenDropped, INJECTED};
-
-/// Generates `NAME::current_thread` and `NAME::multi_thread` tests from an
-/// `async fn NAME()`.
-macro_rules! on_both_runtimes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn current_thread() {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(super::$name());
-            }
-
-            #[test]
-            fn multi_thread() {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(super::$name());
-            }
-        }
-    )*};
-}
 
 on_both_runtimes!(
     one_request_runs_one_cycle,
