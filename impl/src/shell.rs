@@ -111,6 +111,28 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
     }
 }
 
+impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
+    /// The same options with a new hasher, retry policy or failure hook
+    /// (the builder methods that change a type parameter).
+    pub(crate) fn retyped<S2, P2, H2>(
+        self,
+        hasher: impl FnOnce(S) -> S2,
+        retry: impl FnOnce(Option<P>) -> Option<P2>,
+        on_failure: impl FnOnce(Option<H>) -> Option<H2>,
+    ) -> Builder<K, S2, D, P2, H2> {
+        Builder {
+            hook: self.hook,
+            hasher: hasher(self.hasher),
+            shards: self.shards,
+            min_interval: self.min_interval,
+            retry: retry(self.retry),
+            timeout: self.timeout,
+            on_failure: on_failure(self.on_failure),
+            driver: self.driver,
+        }
+    }
+}
+
 impl<K, S: fmt::Debug, D: Driver, P: fmt::Debug, H> fmt::Debug for Builder<K, S, D, P, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
@@ -223,16 +245,7 @@ macro_rules! front_end {
             /// default, `RandomState`, resists hash flooding).
             #[must_use]
             pub fn hasher<S2: ::std::hash::BuildHasher>(self, hasher: S2) -> $builder<K, S2, P, H> {
-                $crate::shell::Builder {
-                    hook: self.hook,
-                    hasher,
-                    shards: self.shards,
-                    min_interval: self.min_interval,
-                    retry: self.retry,
-                    timeout: self.timeout,
-                    on_failure: self.on_failure,
-                    driver: self.driver,
-                }
+                self.retyped(|_| hasher, |retry| retry, |hook| hook)
             }
 
             /// Retries failed cycles with `policy` — a [`Backoff`](crate::Backoff),
@@ -267,16 +280,7 @@ macro_rules! front_end {
             /// error event).
             #[must_use]
             pub fn retry<P2>(self, policy: P2) -> $builder<K, S, P2, H> {
-                $crate::shell::Builder {
-                    hook: self.hook,
-                    hasher: self.hasher,
-                    shards: self.shards,
-                    min_interval: self.min_interval,
-                    retry: Some(policy),
-                    timeout: self.timeout,
-                    on_failure: self.on_failure,
-                    driver: self.driver,
-                }
+                self.retyped(|hasher| hasher, |_| Some(policy), |hook| hook)
             }
 
             /// Tells `hook` about every cycle that fails — returns an error
@@ -288,16 +292,7 @@ macro_rules! front_end {
             /// (Panics go to the panic hook.)
             #[must_use]
             pub fn failure_hook<H2>(self, hook: H2) -> $builder<K, S, P, H2> {
-                $crate::shell::Builder {
-                    hook: self.hook,
-                    hasher: self.hasher,
-                    shards: self.shards,
-                    min_interval: self.min_interval,
-                    retry: self.retry,
-                    timeout: self.timeout,
-                    on_failure: Some(hook),
-                    driver: self.driver,
-                }
+                self.retyped(|hasher| hasher, |retry| retry, |_| Some(hook))
             }
 
             /// A cycle running longer than `timeout` has failed with
