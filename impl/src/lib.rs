@@ -74,6 +74,7 @@ mod completion;
 mod context;
 mod driver;
 mod error;
+mod limit;
 mod memo;
 mod output;
 mod padded;

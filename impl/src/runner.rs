@@ -15,6 +15,7 @@ use crate::completion::Completion;
 use crate::context::{CycleContext, Stop};
 use crate::driver::Driver;
 use crate::error::RunError;
+use crate::limit::{Limit, Ticket};
 use crate::output::{Answer, CycleOutput};
 use crate::panic::{self, drop_contained, PanicHook};
 use crate::registry::Registry;
@@ -52,6 +53,8 @@ pub(crate) struct Shared<K, S, D, O: CycleOutput> {
     /// Set when the coalescer stops waiting for its cycles; every cycle's
     /// context reads it.
     pub(crate) stop: Arc<Stop>,
+    /// At most this many cycles at once, across all keys (`None`: no limit).
+    pub(crate) limit: Option<Arc<Limit>>,
     pub(crate) driver: D,
 }
 
@@ -68,7 +71,9 @@ impl<K, S, D: Driver, O: CycleOutput> Shared<K, S, D, O> {
 impl<K, S, D, O: CycleOutput> Shared<K, S, D, O> {
     /// A snapshot of the counters.
     pub(crate) fn stats(&self) -> Stats {
-        self.counters.snapshot(self.registry.coalesced_count())
+        let waiting = self.limit.as_ref().map_or(0, |limit| limit.waiting());
+        self.counters
+            .snapshot(self.registry.coalesced_count(), waiting as u64)
     }
 
     /// This coalescer's identity, for the own-cycle check.
@@ -308,6 +313,9 @@ struct Task<K: Hash + Eq, S: BuildHasher, D: Driver, O: CycleOutput> {
     /// Set when the driver first polls the runner (never inside `spawn`).
     polled: bool,
     launch: Launch,
+    /// With a concurrency limit: the ticket its key took when admission
+    /// made it due, for the first cycle.
+    ticket: Option<Ticket>,
 }
 
 impl<K: Hash + Eq, S: BuildHasher, D: Driver, O: CycleOutput> Drop for Task<K, S, D, O> {
@@ -392,6 +400,10 @@ where
     O: CycleOutput,
 {
     let launch = Launch::new();
+    // A fresh key is due at once: with a limit, it takes its place in the
+    // line now, in admission order (INV-11).
+    let ticket = shared.limit.as_ref().map(Limit::ticket);
+    let line = ticket.as_ref().map(Ticket::number);
     let task = Task {
         shared: Arc::clone(shared),
         runner: Runner::new(key, slot, hash),
@@ -399,11 +411,19 @@ where
         armed: true,
         polled: false,
         launch: launch.clone(),
+        ticket,
     };
-    shared
-        .driver
-        .spawn(Box::pin(run(task)))
-        .map_err(StartError::Os)?;
+    let runner = Box::pin(run(task));
+    match (line, &shared.limit) {
+        // A driver that can start the runner parked starts it only when
+        // the ticket is granted: a waiting key costs no thread.
+        (Some(number), Some(limit)) => {
+            if let Some(waker) = shared.driver.spawn_parked(runner).map_err(StartError::Os)? {
+                limit.wake_when_granted(number, waker);
+            }
+        }
+        _ => shared.driver.spawn(runner).map_err(StartError::Os)?,
+    }
     if launch.settle() {
         Ok(())
     } else {
@@ -426,6 +446,20 @@ where
         if this.shared.driver.is_aborted() {
             return; // the guard abandons the slot
         }
+        // Due: with a limit, the key waits for a permit here, holding none
+        // and absorbing requests meanwhile, in the order keys became due
+        // (INV-11).
+        let permit = match &this.shared.limit {
+            None => None,
+            Some(limit) => {
+                let ticket = this.ticket.take().unwrap_or_else(|| Limit::ticket(limit));
+                let permit = ticket.await;
+                if this.shared.driver.is_aborted() {
+                    return; // the guard abandons the slot; the permit goes on
+                }
+                Some(permit)
+            }
+        };
         let mut begun = this.runner.slot.begin();
         let paced = this
             .shared
@@ -438,7 +472,12 @@ where
             && this.runner.failures > 0
             && this.shared.registry.is_closed();
         this.current.clone_from(&begun.completion);
+        let running = Running::start(&this.shared.counters);
         let result = cycle(&this.shared, &this.runner).await;
+        drop(running);
+        // The permit goes back as soon as the cycle returns: the key's
+        // follow-up or retry takes a new ticket, behind the keys waiting.
+        drop(permit);
         this.current = None;
         let then = this
             .runner
@@ -465,6 +504,23 @@ where
             this.shared.driver.reap();
             return;
         }
+    }
+}
+
+/// Counts a cycle as running (`Stats::running`) until dropped — however the
+/// cycle ends, an abort included.
+struct Running<'a>(&'a Counters);
+
+impl<'a> Running<'a> {
+    fn start(counters: &'a Counters) -> Self {
+        Counters::bump(&counters.running);
+        Running(counters)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        Counters::drop_one(&self.0.running);
     }
 }
 

@@ -11,7 +11,8 @@ use std::hash::{BuildHasher, Hash};
 use std::time::Duration;
 
 use crate::completion::Completion;
-use crate::driver::Driver;
+use crate::driver::{Driver, Needs};
+use crate::limit::Limit;
 use crate::error::{Admission, Closed, RunError};
 use crate::output::{Answer, CycleOutput};
 use crate::panic::{self, PanicHook};
@@ -45,6 +46,8 @@ pub struct Builder<K, S, D: Driver, P, H> {
     pub(crate) timeout: Option<Duration>,
     /// Told about every failed cycle (`None`: a `tracing` event).
     pub(crate) on_failure: Option<H>,
+    /// At most this many cycles at once across all keys (0: no limit).
+    pub(crate) concurrency: usize,
     /// The driver's own options.
     pub(crate) driver: D::Config,
 }
@@ -60,6 +63,7 @@ impl<K, D: Driver> Builder<K, RandomState, D, NoRetry, NoHook> {
             retry: None,
             timeout: None,
             on_failure: None,
+            concurrency: 0,
             driver: D::Config::default(),
         }
     }
@@ -75,7 +79,7 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
     /// builder's driver options and whether it will wait between cycles.
     pub(crate) fn finish<O: CycleOutput>(
         self,
-        driver: impl FnOnce(D::Config, bool) -> D,
+        driver: impl FnOnce(D::Config, Needs) -> D,
         cycle: CycleFn<K, O>,
     ) -> Coalescer<K, S, D, O>
     where
@@ -85,9 +89,13 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
         H: FailureHook<K, O::Error>,
     {
         let paced = !self.min_interval.is_zero();
+        let limit = (self.concurrency > 0).then_some(self.concurrency);
         let driver = driver(
             self.driver,
-            paced || self.retry.is_some() || self.timeout.is_some(),
+            Needs {
+                timed: paced || self.retry.is_some() || self.timeout.is_some(),
+                limit,
+            },
         );
         let timers = driver.has_timers();
         Coalescer {
@@ -105,6 +113,7 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
                     .map(|hook| Box::new(hook) as Box<dyn FailureHook<K, O::Error>>),
                 timeout: self.timeout.filter(|_| timers),
                 stop: Arc::default(),
+                limit: limit.map(|permits| Arc::new(Limit::new(permits))),
                 driver,
             }),
         }
@@ -128,6 +137,7 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
             retry: retry(self.retry),
             timeout: self.timeout,
             on_failure: on_failure(self.on_failure),
+            concurrency: self.concurrency,
             driver: self.driver,
         }
     }
@@ -142,6 +152,7 @@ impl<K, S: fmt::Debug, D: Driver, P: fmt::Debug, H> fmt::Debug for Builder<K, S,
             .field("retry", &self.retry)
             .field("timeout", &self.timeout)
             .field("failure_hook", &self.on_failure.is_some())
+            .field("concurrency", &self.concurrency)
             .field("driver", &self.driver)
             .finish_non_exhaustive()
     }
@@ -313,6 +324,35 @@ macro_rules! front_end {
             #[must_use]
             pub fn timeout(mut self, timeout: ::std::time::Duration) -> Self {
                 self.timeout = Some(timeout);
+                self
+            }
+
+            /// Runs at most `n` cycles at once across all keys; 0 (the
+            /// default) means no limit.
+            ///
+            /// A key that is due — pending, with no `min_interval` or retry
+            /// delay still holding it back — waits for a permit before its
+            /// cycle begins, and keeps absorbing requests meanwhile: one
+            /// cycle still covers them all. Permits go to keys in the order
+            /// they became due, and a key gives its permit back as soon as
+            /// each cycle returns, so its follow-up (or retry) waits behind
+            /// the keys already waiting: a hot key cannot starve the others.
+            /// Waits for `min_interval` and retry delays hold no permit.
+            /// Shutdown drains the waiting keys too, still `n` at once.
+            /// [`Stats::running`](crate::Stats::running) and
+            /// [`Stats::waiting`](crate::Stats::waiting) show both sides.
+            ///
+            /// The blocking coalescer, with a limit, runs its runners on at
+            /// most `n` threads, which take turns: a key that waits (for a
+            /// permit, a pace or a retry delay) holds no thread.
+            ///
+            /// A cycle that waits for another key's cycle
+            /// (`request_and_wait`) while every permit is held by such
+            /// cycles waits forever: from inside a cycle, `request` other
+            /// keys instead.
+            #[must_use]
+            pub fn concurrency(mut self, n: usize) -> Self {
+                self.concurrency = n;
                 self
             }
 

@@ -37,6 +37,12 @@ pub struct Stats {
     /// Cycles that ran longer than the builder's `timeout` (each also
     /// counted in `cycles`; not in `failures`).
     pub timeouts: u64,
+    /// Cycles running now (a gauge). With a concurrency limit of `n`, at
+    /// most `n`.
+    pub running: u64,
+    /// Keys that are due and waiting for a permit of the concurrency limit
+    /// now (a gauge; always 0 without a limit).
+    pub waiting: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -56,6 +62,8 @@ pub(crate) struct Counters {
     pub(crate) give_ups: StatCounter,
     pub(crate) panics: StatCounter,
     pub(crate) timeouts: StatCounter,
+    /// A gauge: up when a cycle starts, down when it ends.
+    pub(crate) running: StatCounter,
 }
 
 impl Counters {
@@ -65,8 +73,15 @@ impl Counters {
         c.fetch_add(1, Relaxed);
     }
 
-    /// Reads every counter; `coalesced` is the registry's sum over shards.
-    pub(crate) fn snapshot(&self, coalesced: u64) -> Stats {
+    /// Takes one from the gauge `c`.
+    pub(crate) fn drop_one(c: &StatCounter) {
+        // ORDERING: Relaxed, statistics only; pairs with nothing (see the type doc).
+        c.fetch_sub(1, Relaxed);
+    }
+
+    /// Reads every counter; `coalesced` is the registry's sum over shards,
+    /// `waiting` the length of the limit's line.
+    pub(crate) fn snapshot(&self, coalesced: u64, waiting: u64) -> Stats {
         // ORDERING: Relaxed loads, statistics only; pair with nothing.
         let started = self.started.load(Relaxed);
         // Derived rather than counted: one shared RMW less per request.
@@ -81,6 +96,8 @@ impl Counters {
             give_ups: self.give_ups.load(Relaxed),
             panics: self.panics.load(Relaxed),
             timeouts: self.timeouts.load(Relaxed),
+            running: self.running.load(Relaxed),
+            waiting,
         }
     }
 }

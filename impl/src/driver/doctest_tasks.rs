@@ -17,7 +17,7 @@ pub struct Tasks;
 pub struct TasksConfig {}
 
 impl Tasks {
-    pub(crate) fn new(_: TasksConfig, _: bool) -> Self {
+    pub(crate) fn new(_: TasksConfig, _: super::Needs) -> Self {
         Tasks
     }
 

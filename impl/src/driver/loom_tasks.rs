@@ -25,10 +25,10 @@ pub struct Tasks {
 pub struct TasksConfig {}
 
 impl Tasks {
-    pub(crate) fn new(_: TasksConfig, timed: bool) -> Self {
+    pub(crate) fn new(_: TasksConfig, needs: super::Needs) -> Self {
         Tasks {
             threads: Mutex::new(Vec::new()),
-            timed,
+            timed: needs.timed,
             aborted: AtomicBool::new(false),
         }
     }

@@ -18,6 +18,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::task::Waker;
 use std::time::Instant;
 
 // The drivers and their trait are `pub` but unnameable outside the crate:
@@ -55,6 +56,17 @@ pub use self::doctest_tasks::{doc_block_on, Tasks};
 /// A runner, ready to be driven to completion: the runner loop of one key.
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// What a coalescer asks of its driver, from the builder's options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Needs {
+    /// It waits between cycles or times them (`min_interval`, a retry
+    /// policy, a timeout): the tokio driver checks for the time driver.
+    pub(crate) timed: bool,
+    /// At most this many cycles run at once (`None`: no limit): the thread
+    /// driver then runs runners on at most this many threads.
+    pub(crate) limit: Option<usize>,
+}
+
 /// What runs a coalescer's runners. Implemented by [`Tasks`] and
 /// [`Threads`] only (the trait is unnameable outside the crate).
 pub trait Driver: Send + Sync + Sized + 'static {
@@ -73,6 +85,19 @@ pub trait Driver: Send + Sync + Sized + 'static {
     ///
     /// The OS refused to start a thread.
     fn spawn(&self, runner: BoxFuture) -> io::Result<()>;
+
+    /// Starts `runner` parked: it is first polled once the returned waker
+    /// is woken (a runner whose key waits for a permit, on a driver where a
+    /// waiting runner would otherwise hold a thread). `None`: the driver
+    /// started it as [`spawn`](Self::spawn) does (a parked task costs it no
+    /// thread), the default. Called as `spawn` is, with the same contract.
+    ///
+    /// # Errors
+    ///
+    /// As `spawn`.
+    fn spawn_parked(&self, runner: BoxFuture) -> io::Result<Option<Waker>> {
+        self.spawn(runner).map(|()| None)
+    }
 
     /// Whether this driver can wait for a deadline (a tokio runtime built
     /// without the time driver cannot). Without timers the runner does not

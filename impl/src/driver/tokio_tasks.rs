@@ -60,9 +60,9 @@ impl Tasks {
     ///
     /// Without a handle in `config`, outside a tokio runtime (as
     /// `tokio::spawn` would).
-    pub(crate) fn new(config: TasksConfig, timed: bool) -> Self {
+    pub(crate) fn new(config: TasksConfig, needs: super::Needs) -> Self {
         let handle = config.handle.unwrap_or_else(Handle::current);
-        let mut usable = timed;
+        let mut usable = needs.timed;
         if usable {
             // tokio panics when a timer is created on a runtime built without
             // the time driver; find out now, once, rather than in a runner.
