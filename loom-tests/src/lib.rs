@@ -235,7 +235,7 @@ pub fn async_coalescer(
     env: &Arc<Env>,
     after: impl Fn(usize, u8) + Send + Sync + 'static,
 ) -> Recorded<coalescer::Coalescer<u8, Fixed>> {
-    async_with(env, Duration::ZERO, after)
+    async_with(env, Duration::ZERO, 0, after)
 }
 
 /// The same, paced with a `min_interval` (see `paced_coalescer`).
@@ -243,12 +243,24 @@ pub fn paced_async_coalescer(
     env: &Arc<Env>,
     after: impl Fn(usize, u8) + Send + Sync + 'static,
 ) -> Recorded<coalescer::Coalescer<u8, Fixed>> {
-    async_with(env, PACE, after)
+    async_with(env, PACE, 0, after)
+}
+
+/// The same, with a concurrency limit of one: then `Env::cycle`'s check
+/// that no two cycles overlap, and that each cycle happens-after the one
+/// before, holds across keys too — it checks the limit and the permit's
+/// hand-off.
+pub fn limited_async_coalescer(
+    env: &Arc<Env>,
+    after: impl Fn(usize, u8) + Send + Sync + 'static,
+) -> Recorded<coalescer::Coalescer<u8, Fixed>> {
+    async_with(env, Duration::ZERO, 1, after)
 }
 
 fn async_with(
     env: &Arc<Env>,
     min_interval: Duration,
+    concurrency: usize,
     after: impl Fn(usize, u8) + Send + Sync + 'static,
 ) -> Recorded<coalescer::Coalescer<u8, Fixed>> {
     let hooked = Arc::clone(env);
@@ -257,6 +269,7 @@ fn async_with(
         .hasher(Fixed::default())
         .shards(1)
         .min_interval(min_interval)
+        .concurrency(concurrency)
         .panic_hook(move |report| hooked.hook(*report.key(), report.message()))
         .build(move |key: u8| {
             let record = cycles.recorded_cycle(key);

@@ -5,7 +5,8 @@
 
 use coalescer::{Admission, Closed, RunError};
 use coalescer_loom_tests::{
-    async_coalescer, check, paced_async_coalescer, spawn_requester, Env, Gate,
+    async_coalescer, check, limited_async_coalescer, paced_async_coalescer, spawn_requester, Env,
+    Gate,
 };
 use loom::future::block_on;
 use loom::sync::Arc;
@@ -116,6 +117,33 @@ fn inv2_inv5_async_paced_follow_up_covers_a_request_during_the_wait_and_shutdown
             ),
             Err(closed) => assert_eq!(closed, Closed),
         }
+        env.done();
+    });
+}
+
+/// INV-11 with a limit of one: key 0's runner gives its permit back as its
+/// cycle returns, racing a request for key 1 (which takes a ticket, granted
+/// at once or by that release) and a shutdown. Never two cycles at once,
+/// each cycle happens-after the one before it (the permit's hand-off), and
+/// key 1's request is rejected or run before `shutdown().await` returns —
+/// no permit lost, no key left waiting.
+#[test]
+fn inv11_inv5_a_released_permit_racing_another_keys_request_and_a_shutdown() {
+    check("permit_release_racing_a_request_and_a_shutdown", || {
+        let env = Env::new(1);
+        let c = Arc::new(limited_async_coalescer(&env, |_, _| {}));
+        assert_eq!(c.request(0), Ok(Admission::Started));
+        let requester = spawn_requester(&c, &env, |c| c.request(1));
+        block_on(c.shutdown());
+        let at_shutdown = env.log();
+        let outcome = requester.join().unwrap();
+        match outcome {
+            Ok(_) => assert_eq!(at_shutdown.len(), 2, "key 1 not drained: {at_shutdown:?}"),
+            Err(Closed) => assert_eq!(at_shutdown.len(), 1),
+        }
+        assert_eq!(c.stats().waiting, 0);
+        drop(c);
+        assert_eq!(env.log(), at_shutdown, "a cycle ran after shutdown returned");
         env.done();
     });
 }

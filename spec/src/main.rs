@@ -6,6 +6,7 @@
 //! cargo run -p coalescer-spec --release -- marks [KEYS REQUESTERS EACH OTHERS]
 //!                                                     # with memos and marks
 //! cargo run -p coalescer-spec --release -- retry     # with a retry policy
+//! cargo run -p coalescer-spec --release -- limit     # with a concurrency limit of 1
 //! cargo run -p coalescer-spec --release -- go        # the Go algorithm's D1/D2 traces
 //! cargo run -p coalescer-spec --release -- explore [ADDR]   # default 127.0.0.1:3000
 //! ```
@@ -35,6 +36,7 @@ fn main() -> std::process::ExitCode {
             report(model::run(spec))
         }
         Some("retry") => report(model::run(Spec::retry())),
+        Some("limit") => report(model::run(Spec::limit())),
         Some("go") => report(model::run(Spec::go())),
         Some("explore") => {
             let address = args.next().unwrap_or_else(|| "127.0.0.1:3000".to_owned());
@@ -43,7 +45,7 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: coalescer-spec check | marks [KEYS REQUESTERS EACH OTHERS] | retry | go | explore [ADDR]");
+            eprintln!("usage: coalescer-spec check | marks [KEYS REQUESTERS EACH OTHERS] | retry | limit | go | explore [ADDR]");
             std::process::ExitCode::from(2)
         }
     }

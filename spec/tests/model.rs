@@ -59,6 +59,17 @@ fn inv9_the_protocol_with_retries_holds_every_invariant_in_every_state() {
     assert_holds(&run, "the protocol with retries");
 }
 
+/// The same with a concurrency limit of 1 (`Spec::limit`): permits handed
+/// off as cycles end, racing requests, panics and the shutdown — every
+/// invariant in every state, the limit, the line's order and the permits'
+/// conservation, and a hand-off while closing reached.
+#[test]
+fn inv11_the_protocol_with_a_limit_holds_every_invariant_in_every_state() {
+    let run = run(Spec::limit());
+    eprint!("{run}");
+    assert_holds(&run, "the protocol with a limit");
+}
+
 /// The Go algorithm, at the same bounds: the checker finds its lost wakeup
 /// (D1) and its panic stranding (D2), each as a shortest trace.
 #[test]

@@ -154,11 +154,20 @@ pub(super) fn step(spec: &Spec, s: &mut State, action: Action) -> Option<()> {
                 s.ghost.replaced_dead_slot = true;
             }
             let slot = start(s, key, state::FRESH, id);
+            if spec.limit > 0 {
+                // Admission takes the fresh key's ticket under the shard lock.
+                let runner = s.runners.len() - 1;
+                take_ticket(s, runner);
+            }
             s.map[k] = Some(slot);
             s.requesters[ru].step = then(slot);
         }
+        Action::TakeTicket { i } => take_ticket(s, usize::from(i)),
         Action::Begin { i } => {
             let iu = usize::from(i);
+            if spec.limit > 0 && !s.runners[iu].permit {
+                s.ghost.overtaken = true; // never enabled: Ready holds a permit
+            }
             let slot = usize::from(s.runners[iu].slot);
             let prev = s.slots[slot].word;
             if !(state::is_live(prev) && state::is_pending(prev)) {
@@ -176,6 +185,7 @@ pub(super) fn step(spec: &Spec, s: &mut State, action: Action) -> Option<()> {
         }
         Action::Finish { i, panicked } => {
             let iu = usize::from(i);
+            release(spec, s, iu);
             if panicked {
                 mark_during_panic(s, iu);
                 if spec.retries > 0 {
@@ -217,7 +227,8 @@ pub(super) fn step(spec: &Spec, s: &mut State, action: Action) -> Option<()> {
                 }
             }
             s.runners[iu].failures += 1;
-            s.runners[iu].phase = Phase::Ready;
+            release(spec, s, iu);
+            due(spec, s, iu);
         }
         Action::GoIdle { i } => {
             let iu = usize::from(i);
@@ -228,7 +239,7 @@ pub(super) fn step(spec: &Spec, s: &mut State, action: Action) -> Option<()> {
                 s.runners[iu].phase = Phase::Dying;
                 s.runners[iu].after = to;
             } else {
-                s.runners[iu].phase = Phase::Ready;
+                due(spec, s, iu);
             }
         }
         Action::Check { i } => {
@@ -258,7 +269,7 @@ pub(super) fn step(spec: &Spec, s: &mut State, action: Action) -> Option<()> {
             let iu = usize::from(i);
             let slot = usize::from(s.runners[iu].slot);
             s.slots[slot].word = state::revive(s.slots[slot].word);
-            s.runners[iu].phase = Phase::Ready;
+            due(spec, s, iu);
         }
         Action::Reclaim { i } => {
             let iu = usize::from(i);

@@ -42,6 +42,8 @@ pub(super) fn step(spec: &Spec, s: &mut State, action: Action) -> Option<()> {
                     failures: 0,
                     last_chance: false,
                     covering: 0,
+                    permit: false,
+                    ticket: 0,
                 });
             }
         }

@@ -76,6 +76,12 @@ pub struct Spec {
     /// to this many times in a row per runner; the policy may also give up
     /// sooner (every choice is explored). 0: no retry policy.
     pub retries: u8,
+    /// Coalescer only: at most this many cycles at once across all keys
+    /// (`Builder::concurrency`); 0: no limit. A due runner takes a ticket
+    /// (a fresh one at admission, under the shard lock) and begins only
+    /// once granted a permit, which it gives back as its cycle ends, to the
+    /// longest-waiting runner.
+    pub limit: u8,
 }
 
 impl Spec {
@@ -92,6 +98,20 @@ impl Spec {
             shutdown: true,
             marks: false,
             retries: 0,
+            limit: 0,
+        }
+    }
+
+    /// The bounds of the check with a concurrency limit of 1: 3 keys, 2
+    /// requesters of up to 2 requests each, any cycle may panic, a shutdown
+    /// at any point — permits handed off racing requests and the shutdown,
+    /// with up to two keys in line.
+    pub fn limit() -> Self {
+        Spec {
+            keys: 3,
+            requesters: 2,
+            limit: 1,
+            ..Spec::coalescer()
         }
     }
 
@@ -242,7 +262,11 @@ pub struct Slot {
 /// Where a runner is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
-    /// About to `begin` a cycle.
+    /// With a limit: due, about to take a ticket.
+    Due,
+    /// With a limit: holds a ticket, waiting for a permit.
+    Waiting,
+    /// About to `begin` a cycle (with a limit: holding a permit).
     Ready,
     /// Running a cycle.
     Running,
@@ -286,6 +310,11 @@ pub struct Runner {
     /// Ghost (retry policy): the requests its current cycle covers, owed
     /// again if the cycle fails and is retried.
     pub covering: u16,
+    /// Limit: it holds a permit (from its grant until its cycle ends).
+    pub permit: bool,
+    /// Limit: while waiting, its place in the line (1 is the front; the
+    /// ranks are renumbered densely in every state).
+    pub ticket: u8,
 }
 
 impl Runner {
@@ -403,6 +432,14 @@ pub struct Ghost {
     /// Non-vacuity (retry): a retry that began while closing failed and
     /// was not retried again.
     pub last_chance_given_up: bool,
+    /// Limit: a permit went to a runner other than the front of the line,
+    /// or was taken from the free count while a runner waited (INV-11b).
+    pub overtaken: bool,
+    /// Non-vacuity (limit): a released permit was handed to a waiting
+    /// runner.
+    pub handed_off: bool,
+    /// Non-vacuity (limit): a permit was handed off after `closed` was set.
+    pub handed_off_while_closing: bool,
 }
 
 /// The whole system at one instant.
@@ -420,6 +457,8 @@ pub struct State {
     pub runners: Vec<Runner>,
     /// The registry's `closed` flag.
     pub closed: bool,
+    /// Limit: permits no runner holds.
+    pub free: u8,
     /// The shutdown call.
     pub shutdown: Shutdown,
     /// Ghost: every request, indexed `requester * requests_each + n`.
@@ -500,6 +539,12 @@ pub enum Action {
         /// executions, so that one requester can build a memo in its first
         /// request.)
         remember: bool,
+    },
+    /// Limit: due runner `i` takes a ticket, under the limit's lock: a
+    /// free permit if nobody waits, else the back of the line.
+    TakeTicket {
+        /// The runner.
+        i: u8,
     },
     /// Runner `i`'s `begin` (the cycle starts).
     Begin {
@@ -617,6 +662,7 @@ impl Model for Spec {
             slots: Vec::new(),
             runners: Vec::new(),
             closed: false,
+            free: self.limit,
             shutdown: Shutdown::NotStarted,
             requests: vec![
                 Request {
@@ -700,6 +746,8 @@ impl Model for Spec {
             let key = usize::from(s.slots[usize::from(runner.slot)].key);
             match runner.phase {
                 Phase::Ready => actions.push(Action::Begin { i }),
+                Phase::Due => actions.push(Action::TakeTicket { i }),
+                Phase::Waiting => {}
                 Phase::Running => {
                     actions.push(Action::Finish { i, panicked: false });
                     if self.panics {

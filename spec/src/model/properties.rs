@@ -117,6 +117,43 @@ pub(super) fn all(spec: &Spec) -> Vec<Property<Spec>> {
             ),
         ]);
     }
+    if spec.limit > 0 {
+        properties.extend([
+            Property::always("INV-11a at most `limit` cycles run at once", |m: &Spec, s: &State| {
+                s.runners.iter().filter(|r| r.phase == Phase::Running).count() <= usize::from(m.limit)
+            }),
+            Property::always(
+                "INV-11 every permit is free or held: none lost, none made",
+                |m: &Spec, s: &State| {
+                    let held = s.runners.iter().filter(|r| r.active() && r.permit).count();
+                    usize::from(s.free) + held == usize::from(m.limit)
+                },
+            ),
+            Property::always(
+                "INV-11b permits go down the line in order, and no runner waits while one is free",
+                |_, s: &State| {
+                    !s.ghost.overtaken
+                        && (s.free == 0 || s.runners.iter().all(|r| r.phase != Phase::Waiting))
+                },
+            ),
+            Property::always(
+                "INV-11 a due or waiting runner's slot has a request pending",
+                |_, s: &State| {
+                    s.runners.iter().all(|r| {
+                        !matches!(r.phase, Phase::Due | Phase::Waiting)
+                            || state::is_pending(s.slots[usize::from(r.slot)].word)
+                    })
+                },
+            ),
+            Property::sometimes("limit: a released permit is handed to a waiting runner", |_, s: &State| {
+                s.ghost.handed_off
+            }),
+            Property::sometimes(
+                "limit: a permit is handed off while closing, and the drain completes",
+                |_, s: &State| s.ghost.handed_off_while_closing && s.shutdown == Shutdown::Done,
+            ),
+        ]);
+    }
     if spec.marks {
         properties.extend([
             Property::sometimes(

@@ -105,6 +105,8 @@ pub(super) fn start(s: &mut State, key: u8, word: u64, id: usize) -> u8 {
         failures: 0,
         last_chance: false,
         covering: 0,
+        permit: false,
+        ticket: 0,
     });
     if s.ghost.reclaimed & (1 << key) != 0 {
         s.ghost.recreated = true;
@@ -183,6 +185,69 @@ pub(super) fn mark_during(s: &mut State, i: usize, mark: impl Fn(&mut Request)) 
     for (id, req) in s.requests.iter_mut().enumerate() {
         if owed & (1 << id) != 0 {
             mark(req);
+        }
+    }
+}
+
+/// After a step that leaves runner `i` due (with a limit: it takes a
+/// ticket next; without one, it is ready to begin).
+pub(super) fn due(spec: &Spec, s: &mut State, i: usize) {
+    s.runners[i].phase = if spec.limit > 0 { Phase::Due } else { Phase::Ready };
+}
+
+/// Limit: runner `i` takes a ticket — a free permit if nobody waits (then
+/// it is ready), else the back of the line.
+pub(super) fn take_ticket(s: &mut State, i: usize) {
+    let waiting = s.runners.iter().filter(|r| r.phase == Phase::Waiting).count();
+    if s.free > 0 && waiting == 0 {
+        s.free -= 1;
+        s.runners[i].permit = true;
+        s.runners[i].phase = Phase::Ready;
+    } else {
+        if s.free > 0 {
+            s.ghost.overtaken = true; // a free permit while a runner waits
+        }
+        s.runners[i].ticket = waiting as u8 + 1;
+        s.runners[i].phase = Phase::Waiting;
+    }
+}
+
+/// Limit: runner `i`'s cycle has ended; it gives its permit back — to the
+/// front of the line if anyone waits, else to the free count.
+pub(super) fn release(spec: &Spec, s: &mut State, i: usize) {
+    if spec.limit == 0 {
+        return;
+    }
+    if !s.runners[i].permit {
+        s.ghost.overtaken = true; // a cycle ran without a permit
+        return;
+    }
+    s.runners[i].permit = false;
+    let front = s
+        .runners
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.phase == Phase::Waiting)
+        .min_by_key(|(_, r)| r.ticket)
+        .map(|(j, _)| j);
+    let Some(j) = front else {
+        s.free += 1;
+        return;
+    };
+    let place = s.runners[j].ticket;
+    if place != 1 {
+        s.ghost.overtaken = true; // not the front of the line
+    }
+    s.ghost.handed_off = true;
+    if s.closed {
+        s.ghost.handed_off_while_closing = true;
+    }
+    s.runners[j].permit = true;
+    s.runners[j].ticket = 0;
+    s.runners[j].phase = Phase::Ready;
+    for r in &mut s.runners {
+        if r.phase == Phase::Waiting && r.ticket > place {
+            r.ticket -= 1;
         }
     }
 }

@@ -19,6 +19,8 @@ pub(super) fn normalize(s: &mut State) {
             phase_rank(r.phase),
             r.failures,
             r.covering,
+            r.permit,
+            r.ticket,
         )
     });
     // Slots in canonical order: per key, the one in the map, then those of
@@ -159,6 +161,8 @@ pub(super) fn request_rank(r: &Request) -> (u8, u8, bool, bool, bool) {
 
 pub(super) fn phase_rank(p: Phase) -> u8 {
     match p {
+        Phase::Due => 10,
+        Phase::Waiting => 11,
         Phase::Ready => 0,
         Phase::Running => 1,
         Phase::Ended => 2,

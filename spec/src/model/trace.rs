@@ -161,6 +161,14 @@ fn describe(spec: &Spec, before: &State, action: Action, after: &State) -> Strin
                 format!("requester {r}: joins the live slot; {}", fate(r))
             }
         }
+        Action::TakeTicket { i } => match after.runners[usize::from(i)].phase {
+            Phase::Ready => format!("runner {i} (key {}) is due: takes a free permit", runner_key(i)),
+            _ => format!(
+                "runner {i} (key {}) is due: no permit free, waits in line at {}",
+                runner_key(i),
+                after.runners[usize::from(i)].ticket
+            ),
+        },
         Action::Begin { i } => format!(
             "runner {i} (key {}) begins a cycle: {} → {}; covers {}",
             runner_key(i),
