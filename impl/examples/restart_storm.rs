@@ -5,12 +5,14 @@
 //! panic) with exponential backoff. At the end it checks, per workspace,
 //! that a restart that succeeded loaded the last config (no lost update) —
 //! unless the retries for it were given up on, which is reported — and that
-//! no two restarts of a workspace overlapped, and exits non-zero otherwise.
+//! no two restarts of a workspace overlapped — and, with `--concurrency N`,
+//! that never more than `N` restarts ran at once across workspaces — and
+//! exits non-zero otherwise.
 //!
 //! ```text
 //! cargo run --release --example restart_storm -- [--workspaces N] [--writes M]
 //!     [--panic-rate P] [--fail-rate P] [--min-interval MS] [--restart-ms MS]
-//!     [--writers T] [--seed S]
+//!     [--concurrency N] [--writers T] [--seed S]
 //! ```
 
 // The loom build (RUSTFLAGS="--cfg loom") has no tokio; there this example
@@ -42,6 +44,8 @@ mod storm {
         fail_rate: f64,
         min_interval: Duration,
         restart: Duration,
+        /// At most this many restarts at once across workspaces (0: no limit).
+        concurrency: usize,
         writers: u32,
         seed: u64,
     }
@@ -55,6 +59,7 @@ mod storm {
                 fail_rate: 0.05,
                 min_interval: Duration::ZERO,
                 restart: Duration::from_millis(3),
+                concurrency: 0,
                 writers: 64,
                 seed: 0x5eed,
             }
@@ -80,6 +85,10 @@ mod storm {
         given_up_configs: u32,
         /// The most restarts of one workspace that ever ran at once.
         max_concurrent: u32,
+        /// The most restarts that ever ran at once, across workspaces.
+        max_running: u32,
+        /// The limit (0: none).
+        concurrency: usize,
         active_after_shutdown: usize,
         wall: Duration,
     }
@@ -89,6 +98,7 @@ mod storm {
             self.lost_updates == 0
                 && u64::from(self.given_up_configs) <= self.give_ups
                 && self.max_concurrent <= 1
+                && (self.concurrency == 0 || self.max_running as usize <= self.concurrency)
                 && self.rejected == 0
                 && self.active_after_shutdown == 0
         }
@@ -174,15 +184,19 @@ mod storm {
                 .collect(),
         );
         let max_concurrent = Arc::new(AtomicU32::new(0));
+        let running = Arc::new(AtomicU32::new(0));
+        let max_running = Arc::new(AtomicU32::new(0));
         let draws = Arc::new(AtomicU64::new(config.seed));
 
         let coalescer = {
             let (workspaces, max_concurrent) =
                 (Arc::clone(&workspaces), Arc::clone(&max_concurrent));
+            let (running, max_running) = (Arc::clone(&running), Arc::clone(&max_running));
             let (restart, panic_rate, fail_rate) =
                 (config.restart, config.panic_rate, config.fail_rate);
             Coalescer::builder()
                 .min_interval(config.min_interval)
+                .concurrency(config.concurrency)
                 // Contained panics are counted in `stats()`; nothing to log.
                 .panic_hook(|_| {})
                 .retry(backoff())
@@ -195,10 +209,13 @@ mod storm {
                     ws.loaded.fetch_max(version, Ordering::SeqCst);
                     let draw = unit(mix(draws.fetch_add(1, Ordering::Relaxed)));
                     let (panics, fails) = (draw < panic_rate, draw >= 1.0 - fail_rate);
-                    let workspaces = Arc::clone(&workspaces);
+                    let all = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_running.fetch_max(all, Ordering::SeqCst);
+                    let (workspaces, running) = (Arc::clone(&workspaces), Arc::clone(&running));
                     async move {
                         let ws = &workspaces[id as usize];
                         let _running = Running(&ws.running);
+                        let _all = Running(&running);
                         tokio::time::sleep(restart).await;
                         if panics || fails {
                             ws.failed.fetch_max(version, Ordering::SeqCst);
@@ -325,6 +342,8 @@ mod storm {
             lost_updates,
             given_up_configs,
             max_concurrent: max_concurrent.load(Ordering::SeqCst),
+            max_running: max_running.load(Ordering::SeqCst),
+            concurrency: config.concurrency,
             active_after_shutdown: coalescer.active_keys(),
             wall: started.elapsed(),
         }
@@ -364,6 +383,14 @@ mod storm {
             "| max concurrent restarts per workspace | {} |",
             r.max_concurrent
         );
+        let limit = match r.concurrency {
+            0 => "no limit".to_owned(),
+            n => format!("limit {n}"),
+        };
+        println!(
+            "| max concurrent restarts across workspaces ({limit}) | {} |",
+            r.max_running
+        );
         println!("| wall time | {:.2} s |", r.wall.as_secs_f64());
         println!(
             "{}",
@@ -396,6 +423,7 @@ mod storm {
                 "--restart-ms" => {
                     config.restart = Duration::from_millis(value.parse().map_err(|e| bad(&e))?)
                 }
+                "--concurrency" => config.concurrency = value.parse().map_err(|e| bad(&e))?,
                 "--writers" => config.writers = value.parse().map_err(|e| bad(&e))?,
                 "--seed" => config.seed = value.parse().map_err(|e| bad(&e))?,
                 _ => return Err(format!("unknown option {flag}")),
@@ -422,7 +450,8 @@ mod storm {
                 }
                 eprintln!(
                     "usage: restart_storm [--workspaces N] [--writes M] [--panic-rate P] \
-                     [--fail-rate P] [--min-interval MS] [--restart-ms MS] [--writers T] [--seed S]"
+                     [--fail-rate P] [--min-interval MS] [--restart-ms MS] [--concurrency N] [--writers T] \
+                     [--seed S]"
                 );
                 return ExitCode::from(2);
             }
@@ -447,6 +476,7 @@ mod storm {
 
         fn small(min_interval: u64) -> Config {
             Config {
+                concurrency: 0,
                 workspaces: 8,
                 writes: 3_000,
                 panic_rate: 0.1,
@@ -486,6 +516,20 @@ mod storm {
                 assert!(report.failures > 0, "no restart failed: {report:?}");
                 assert!(report.retries > 0, "nothing retried: {report:?}");
             }
+        }
+
+        /// With `--concurrency 2`, the storm passes every check and never
+        /// runs more than 2 restarts at once (and does run 2).
+        #[test]
+        fn a_small_storm_with_a_limit_stays_within_it() {
+            let config = Config {
+                concurrency: 2,
+                ..small(0)
+            };
+            let report = run(config.clone());
+            print(&config, &report);
+            assert!(report.passed(), "{report:?}");
+            assert_eq!(report.max_running, 2, "{report:?}");
         }
 
         #[test]
