@@ -65,7 +65,10 @@ impl Limit {
         let mut line = this.line.lock();
         let number = line.next;
         line.next += 1;
-        debug_assert!(line.free == 0 || line.waiting.is_empty(), "a free permit with keys waiting");
+        debug_assert!(
+            line.free == 0 || line.waiting.is_empty(),
+            "a free permit with keys waiting"
+        );
         if line.free > 0 {
             line.free -= 1;
             line.granted_below = line.next;
@@ -118,7 +121,10 @@ impl Limit {
 
 /// The entry of the waiting ticket numbered `number`, if it is waiting (the
 /// line is sorted by number).
-fn find(waiting: &mut VecDeque<(u64, Option<Waker>)>, number: u64) -> Option<&mut (u64, Option<Waker>)> {
+fn find(
+    waiting: &mut VecDeque<(u64, Option<Waker>)>,
+    number: u64,
+) -> Option<&mut (u64, Option<Waker>)> {
     let at = waiting.binary_search_by_key(&number, |&(n, _)| n).ok()?;
     waiting.get_mut(at)
 }
@@ -226,7 +232,10 @@ mod tests {
         assert!(granted(third.as_mut()).is_none());
         assert!(granted(second.as_mut()).is_none());
         drop(permit);
-        assert!(granted(third.as_mut()).is_none(), "the second ticket is first in line");
+        assert!(
+            granted(third.as_mut()).is_none(),
+            "the second ticket is first in line"
+        );
         let permit = granted(second.as_mut()).expect("the released permit");
         drop(permit);
         assert!(granted(third.as_mut()).is_some());

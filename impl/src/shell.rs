@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use crate::completion::Completion;
 use crate::driver::{Driver, Needs};
-use crate::limit::Limit;
 use crate::error::{Admission, Closed, RunError};
+use crate::limit::Limit;
 use crate::output::{Answer, CycleOutput};
 use crate::panic::{self, PanicHook};
 use crate::registry::{Admitted, Join, Refused, Registry};

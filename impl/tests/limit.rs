@@ -51,17 +51,15 @@ async fn inv11a_the_limit_is_never_exceeded_under_a_storm_of_10_000_keys() {
     let gauge = Arc::new(Gauge::default());
     let cycles = Arc::new(AtomicU64::new(0));
     let (g, n) = (Arc::clone(&gauge), Arc::clone(&cycles));
-    let c = Coalescer::builder()
-        .concurrency(4)
-        .build(move |_key: u32| {
-            let (g, n) = (Arc::clone(&g), Arc::clone(&n));
-            async move {
-                g.enter();
-                n.fetch_add(1, SeqCst);
-                sleep(Duration::from_millis(1)).await;
-                g.leave();
-            }
-        });
+    let c = Coalescer::builder().concurrency(4).build(move |_key: u32| {
+        let (g, n) = (Arc::clone(&g), Arc::clone(&n));
+        async move {
+            g.enter();
+            n.fetch_add(1, SeqCst);
+            sleep(Duration::from_millis(1)).await;
+            g.leave();
+        }
+    });
     for _ in 0..3 {
         for key in 0..10_000 {
             c.request(key).unwrap();
@@ -131,7 +129,10 @@ async fn inv11c_pacing_and_retry_waits_hold_no_permit() {
     tokio::task::yield_now().await;
     paced.request(0).unwrap(); // its follow-up waits an hour
     paced.request_and_wait(1).await.unwrap();
-    assert!(Instant::now() - t0 < HOUR, "key 1 did not wait for key 0's pace");
+    assert!(
+        Instant::now() - t0 < HOUR,
+        "key 1 did not wait for key 0's pace"
+    );
     assert_eq!(*order.lock().unwrap(), [0, 1]);
     paced.shutdown().await;
 
@@ -148,7 +149,10 @@ async fn inv11c_pacing_and_retry_waits_hold_no_permit() {
     retried.request(0).unwrap();
     tokio::task::yield_now().await; // key 0 fails, waits an hour to retry
     retried.request_and_wait(1).await.unwrap();
-    assert!(Instant::now() - t0 < HOUR, "key 1 did not wait for key 0's backoff");
+    assert!(
+        Instant::now() - t0 < HOUR,
+        "key 1 did not wait for key 0's backoff"
+    );
     retried.request_and_wait(0).await.unwrap();
     assert_eq!(tries.load(SeqCst), 2, "key 0's retry covered the waiter");
     retried.shutdown().await;
@@ -161,17 +165,15 @@ async fn inv11d_shutdown_drains_the_waiting_keys_at_most_n_at_once() {
     let gauge = Arc::new(Gauge::default());
     let ran = Arc::new(Mutex::new(HashSet::new()));
     let (g, r) = (Arc::clone(&gauge), Arc::clone(&ran));
-    let c = Coalescer::builder()
-        .concurrency(2)
-        .build(move |key: u32| {
-            let (g, r) = (Arc::clone(&g), Arc::clone(&r));
-            async move {
-                g.enter();
-                sleep(Duration::from_millis(5)).await;
-                r.lock().unwrap().insert(key);
-                g.leave();
-            }
-        });
+    let c = Coalescer::builder().concurrency(2).build(move |key: u32| {
+        let (g, r) = (Arc::clone(&g), Arc::clone(&r));
+        async move {
+            g.enter();
+            sleep(Duration::from_millis(5)).await;
+            r.lock().unwrap().insert(key);
+            g.leave();
+        }
+    });
     for key in 0..50 {
         c.request(key).unwrap();
     }

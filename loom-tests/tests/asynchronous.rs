@@ -143,7 +143,11 @@ fn inv11_inv5_a_released_permit_racing_another_keys_request_and_a_shutdown() {
         }
         assert_eq!(c.stats().waiting, 0);
         drop(c);
-        assert_eq!(env.log(), at_shutdown, "a cycle ran after shutdown returned");
+        assert_eq!(
+            env.log(),
+            at_shutdown,
+            "a cycle ran after shutdown returned"
+        );
         env.done();
     });
 }

@@ -113,13 +113,22 @@ fn tasks(limit: usize) -> Row {
         Arc::new(Peak::default()),
         Arc::new(Peak::default()),
     );
-    let (n, r, a) = (Arc::clone(&cycles), Arc::clone(&running), Arc::clone(&alive));
+    let (n, r, a) = (
+        Arc::clone(&cycles),
+        Arc::clone(&running),
+        Arc::clone(&alive),
+    );
     let handle = runtime.handle().clone();
     let wall = runtime.block_on(async move {
         let c = coalescer::Coalescer::builder()
             .concurrency(limit)
             .build(move |_key: u32| {
-                let (n, r, a, handle) = (Arc::clone(&n), Arc::clone(&r), Arc::clone(&a), handle.clone());
+                let (n, r, a, handle) = (
+                    Arc::clone(&n),
+                    Arc::clone(&r),
+                    Arc::clone(&a),
+                    handle.clone(),
+                );
                 async move {
                     r.up();
                     if n.fetch_add(1, Relaxed) % 64 == 0 {

@@ -457,7 +457,8 @@ impl Pool {
             // but a pool thread that unwound would leave the pool one thread
             // short for good: contained here, the runner's future is dropped
             // (its guard abandons its slot) and the thread goes on.
-            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.poll_here()));
+            let polled =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.poll_here()));
             if let Err(payload) = polled {
                 *task.run.lock() = Run::Done;
                 crate::panic::dispose(payload);

@@ -119,9 +119,16 @@ pub(super) fn all(spec: &Spec) -> Vec<Property<Spec>> {
     }
     if spec.limit > 0 {
         properties.extend([
-            Property::always("INV-11a at most `limit` cycles run at once", |m: &Spec, s: &State| {
-                s.runners.iter().filter(|r| r.phase == Phase::Running).count() <= usize::from(m.limit)
-            }),
+            Property::always(
+                "INV-11a at most `limit` cycles run at once",
+                |m: &Spec, s: &State| {
+                    s.runners
+                        .iter()
+                        .filter(|r| r.phase == Phase::Running)
+                        .count()
+                        <= usize::from(m.limit)
+                },
+            ),
             Property::always(
                 "INV-11 every permit is free or held: none lost, none made",
                 |m: &Spec, s: &State| {
@@ -145,9 +152,10 @@ pub(super) fn all(spec: &Spec) -> Vec<Property<Spec>> {
                     })
                 },
             ),
-            Property::sometimes("limit: a released permit is handed to a waiting runner", |_, s: &State| {
-                s.ghost.handed_off
-            }),
+            Property::sometimes(
+                "limit: a released permit is handed to a waiting runner",
+                |_, s: &State| s.ghost.handed_off,
+            ),
             Property::sometimes(
                 "limit: a permit is handed off while closing, and the drain completes",
                 |_, s: &State| s.ghost.handed_off_while_closing && s.shutdown == Shutdown::Done,

@@ -192,13 +192,21 @@ pub(super) fn mark_during(s: &mut State, i: usize, mark: impl Fn(&mut Request)) 
 /// After a step that leaves runner `i` due (with a limit: it takes a
 /// ticket next; without one, it is ready to begin).
 pub(super) fn due(spec: &Spec, s: &mut State, i: usize) {
-    s.runners[i].phase = if spec.limit > 0 { Phase::Due } else { Phase::Ready };
+    s.runners[i].phase = if spec.limit > 0 {
+        Phase::Due
+    } else {
+        Phase::Ready
+    };
 }
 
 /// Limit: runner `i` takes a ticket — a free permit if nobody waits (then
 /// it is ready), else the back of the line.
 pub(super) fn take_ticket(s: &mut State, i: usize) {
-    let waiting = s.runners.iter().filter(|r| r.phase == Phase::Waiting).count();
+    let waiting = s
+        .runners
+        .iter()
+        .filter(|r| r.phase == Phase::Waiting)
+        .count();
     if s.free > 0 && waiting == 0 {
         s.free -= 1;
         s.runners[i].permit = true;

@@ -162,7 +162,10 @@ fn describe(spec: &Spec, before: &State, action: Action, after: &State) -> Strin
             }
         }
         Action::TakeTicket { i } => match after.runners[usize::from(i)].phase {
-            Phase::Ready => format!("runner {i} (key {}) is due: takes a free permit", runner_key(i)),
+            Phase::Ready => format!(
+                "runner {i} (key {}) is due: takes a free permit",
+                runner_key(i)
+            ),
             _ => format!(
                 "runner {i} (key {}) is due: no permit free, waits in line at {}",
                 runner_key(i),
