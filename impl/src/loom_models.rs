@@ -184,7 +184,7 @@ fn run_until_idle(slot: &Slot, env: &Env, hold: impl Fn()) -> usize {
 
 /// A fresh slot with `marks` marks registered, as memos register them.
 fn slot_with_marks(marks: usize) -> (Arc<Slot>, Vec<Arc<Mark>>) {
-    let slot = Arc::new(Slot::fresh(None));
+    let slot = Arc::new(Slot::fresh(None, None));
     let marks: Vec<Arc<Mark>> = (0..marks).map(|_| Arc::new(Mark::new())).collect();
     for mark in &marks {
         slot.watch(Arc::clone(mark));

@@ -30,7 +30,7 @@ use crate::completion::Completion;
 use crate::memo::{self, Memo, MemoCounter};
 use crate::padded::Padded;
 use crate::panic::drop_contained;
-use crate::slot::{MarkedRequest, Slot};
+use crate::slot::{MarkedRequest, Slot, Ticks};
 use crate::stats::Counters;
 use crate::sync::{Arc, AtomicBool, Ordering, PerThread, RwLock, RwLockWriteGuard, StatCounter};
 
@@ -91,6 +91,8 @@ pub(crate) struct Registry<K, S, A> {
     memo_counts: std::sync::Mutex<Vec<MemoCounter>>,
     /// Each thread's [`Memo`]; dropped with the registry.
     memos: PerThread,
+    /// With a debounce: the clock fresh slots stamp their requests with.
+    ticks: Option<Ticks>,
 }
 
 /// The most shards a registry has, whatever the builder was asked for.
@@ -300,7 +302,7 @@ where
             active: &self.active,
             hash,
             key,
-            slot: Arc::new(Slot::fresh(completion)),
+            slot: Arc::new(Slot::fresh(completion, self.ticks.as_ref())),
             covered,
         }))
     }
@@ -352,7 +354,15 @@ where
             id: NEXT_REGISTRY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             memo_counts: std::sync::Mutex::default(),
             memos: PerThread::new(),
+            ticks: None,
         }
+    }
+
+    /// The same registry, its slots stamping their requests with `ticks`
+    /// (a debounce).
+    pub(crate) fn stamping(mut self, ticks: Option<Ticks>) -> Self {
+        self.ticks = ticks;
+        self
     }
 
     /// The key's hash, computed once per request.

@@ -55,6 +55,9 @@ pub(crate) struct Shared<K, S, D, O: CycleOutput> {
     pub(crate) stop: Arc<Stop>,
     /// At most this many cycles at once, across all keys (`None`: no limit).
     pub(crate) limit: Option<Arc<Limit>>,
+    /// A cycle waits for a quiet period first (`None`: no debounce, or no
+    /// timers to wait with).
+    pub(crate) debounce: Option<Debounce>,
     pub(crate) driver: D,
 }
 
@@ -400,9 +403,13 @@ where
     O: CycleOutput,
 {
     let launch = Launch::new();
-    // A fresh key is due at once: with a limit, it takes its place in the
-    // line now, in admission order (INV-11).
-    let ticket = shared.limit.as_ref().map(Limit::ticket);
+    // A fresh key is due at once — unless debounced: with a limit, it takes
+    // its place in the line now, in admission order (INV-11).
+    let ticket = shared
+        .limit
+        .as_ref()
+        .filter(|_| shared.debounce.is_none())
+        .map(Limit::ticket);
     let line = ticket.as_ref().map(Ticket::number);
     let task = Task {
         shared: Arc::clone(shared),
@@ -445,6 +452,13 @@ where
     loop {
         if this.shared.driver.is_aborted() {
             return; // the guard abandons the slot
+        }
+        // Debounced: the cycle waits for its key's quiet period (a retry
+        // does not), holding no permit (INV-12).
+        if let Some(debounce) = &this.shared.debounce {
+            if this.runner.failures == 0 {
+                debounce.wait(&this.shared, &this.runner.slot).await;
+            }
         }
         // Due: with a limit, the key waits for a permit here, holding none
         // and absorbing requests meanwhile, in the order keys became due
@@ -504,6 +518,75 @@ where
             this.shared.driver.reap();
             return;
         }
+    }
+}
+
+/// The debounce (`Builder::debounce`, `max_wait`), on the driver's clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Debounce {
+    /// A cycle begins once no request came for this long ...
+    pub(crate) quiet: Duration,
+    /// ... or this long after the earliest request it covers.
+    pub(crate) max_wait: Option<Duration>,
+    /// Where the slots' ticks count from.
+    pub(crate) epoch: Instant,
+}
+
+impl Debounce {
+    /// `now` in ticks (microseconds since `epoch`), as slots stamp requests.
+    pub(crate) fn ticks(epoch: Instant, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// The instant of `ticks` (`None`: too far to name).
+    fn instant(&self, ticks: u64) -> Option<Instant> {
+        self.epoch.checked_add(Duration::from_micros(ticks))
+    }
+
+    /// Waits until `slot`'s key has been quiet for `quiet`, or `max_wait`
+    /// has passed since the earliest request the next cycle covers (if that
+    /// request's stamp is not in yet: since the wait began), or the
+    /// coalescer is draining. The slot is live and pending throughout, so
+    /// every request meanwhile folds into that cycle and moves the end of
+    /// the quiet period.
+    async fn wait<K: Hash + Eq, S: BuildHasher, D: Driver, O: CycleOutput>(
+        &self,
+        shared: &Shared<K, S, D, O>,
+        slot: &Slot<Answer<O>>,
+    ) {
+        let entered = shared.driver.now();
+        loop {
+            if shared.registry.is_closed() {
+                return; // the drain begins the cycle at once
+            }
+            let Some((last, first)) = slot.stamps() else {
+                return;
+            };
+            let quiet = self
+                .instant(last)
+                .and_then(|last| last.checked_add(self.quiet));
+            let deadline = match self.max_wait {
+                None => quiet,
+                Some(max_wait) => {
+                    let first = first.map_or(Some(entered), |first| self.instant(first));
+                    let cap = first.and_then(|first| first.checked_add(max_wait));
+                    earlier(quiet, cap)
+                }
+            };
+            if deadline.is_some_and(|deadline| shared.driver.now() >= deadline) {
+                return;
+            }
+            shared.driver.until(deadline).await;
+        }
+    }
+}
+
+/// The earlier of two deadlines (`None`: never).
+fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
     }
 }
 

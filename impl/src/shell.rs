@@ -18,8 +18,8 @@ use crate::output::{Answer, CycleOutput};
 use crate::panic::{self, PanicHook};
 use crate::registry::{Admitted, Join, Refused, Registry};
 use crate::retry::{FailureHook, NoHook, NoRetry, RetryPolicy};
-use crate::runner::{self, in_cycle_of, CycleFn, Shared, StartError};
-use crate::slot::Slot;
+use crate::runner::{self, in_cycle_of, CycleFn, Debounce, Shared, StartError};
+use crate::slot::{Slot, Ticks};
 use crate::state::Requested;
 use crate::stats::Counters;
 use crate::sync::Arc;
@@ -48,6 +48,12 @@ pub struct Builder<K, S, D: Driver, P, H> {
     pub(crate) on_failure: Option<H>,
     /// At most this many cycles at once across all keys (0: no limit).
     pub(crate) concurrency: usize,
+    /// A cycle begins only once no request came for this long (zero: no
+    /// debounce) ...
+    pub(crate) debounce: Duration,
+    /// ... or once this long has passed since the earliest request it
+    /// covers (`None`: no ceiling).
+    pub(crate) max_wait: Option<Duration>,
     /// The driver's own options.
     pub(crate) driver: D::Config,
 }
@@ -64,6 +70,8 @@ impl<K, D: Driver> Builder<K, RandomState, D, NoRetry, NoHook> {
             timeout: None,
             on_failure: None,
             concurrency: 0,
+            debounce: Duration::ZERO,
+            max_wait: None,
             driver: D::Config::default(),
         }
     }
@@ -89,18 +97,29 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
         H: FailureHook<K, O::Error>,
     {
         let paced = !self.min_interval.is_zero();
+        let debounced = !self.debounce.is_zero();
         let limit = (self.concurrency > 0).then_some(self.concurrency);
         let driver = driver(
             self.driver,
             Needs {
-                timed: paced || self.retry.is_some() || self.timeout.is_some(),
+                timed: paced || debounced || self.retry.is_some() || self.timeout.is_some(),
                 limit,
             },
         );
         let timers = driver.has_timers();
+        let debounce = (debounced && timers).then(|| Debounce {
+            quiet: self.debounce,
+            max_wait: self.max_wait,
+            epoch: driver.now(),
+        });
+        let ticks = debounce.as_ref().map(|debounce| {
+            let (clock, epoch) = (driver.clock(), debounce.epoch);
+            Arc::new(move || Debounce::ticks(epoch, clock())) as Ticks
+        });
         Coalescer {
             shared: Arc::new(Shared {
-                registry: Registry::new(self.shards, self.hasher),
+                registry: Registry::new(self.shards, self.hasher).stamping(ticks),
+                debounce,
                 counters: Counters::default(),
                 hook: self.hook,
                 cycle,
@@ -138,6 +157,8 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
             timeout: self.timeout,
             on_failure: on_failure(self.on_failure),
             concurrency: self.concurrency,
+            debounce: self.debounce,
+            max_wait: self.max_wait,
             driver: self.driver,
         }
     }
@@ -153,6 +174,8 @@ impl<K, S: fmt::Debug, D: Driver, P: fmt::Debug, H> fmt::Debug for Builder<K, S,
             .field("timeout", &self.timeout)
             .field("failure_hook", &self.on_failure.is_some())
             .field("concurrency", &self.concurrency)
+            .field("debounce", &self.debounce)
+            .field("max_wait", &self.max_wait)
             .field("driver", &self.driver)
             .finish_non_exhaustive()
     }
@@ -353,6 +376,41 @@ macro_rules! front_end {
             #[must_use]
             pub fn concurrency(mut self, n: usize) -> Self {
                 self.concurrency = n;
+                self
+            }
+
+            /// Debounces each key: a cycle begins only once no request for
+            /// its key has arrived for `quiet` — but, with
+            /// [`max_wait`](Self::max_wait), never later than that after the
+            /// earliest request it covers, so a burst that never pauses
+            /// still runs. Requests during the wait fold into the one cycle.
+            /// Applies to the first cycle of an idle key and to every
+            /// follow-up; not to a retry, which begins at its policy's delay.
+            /// A `min_interval` pace still holds (the later bound wins), the
+            /// wait holds no permit of the concurrency limit, and shutdown
+            /// cuts it short (the drain runs the cycle at once). A request
+            /// stays wait-free, lock-free and allocation-free; with a
+            /// debounce it also reads the clock and stores the time into its
+            /// key's slot (the memo path too). Zero, the default: no
+            /// debounce.
+            ///
+            /// The async coalescer waits on tokio's clock and needs a
+            /// runtime with the time driver (without one the debounce is
+            /// ignored and `build` logs an error event).
+            #[must_use]
+            pub fn debounce(mut self, quiet: ::std::time::Duration) -> Self {
+                self.debounce = quiet;
+                self
+            }
+
+            /// The ceiling of the [`debounce`](Self::debounce): a cycle
+            /// begins no later than `max_wait` after the earliest request
+            /// it covers, however often requests keep coming (a `min_interval`
+            /// pace still holds). Without a debounce it does nothing. The
+            /// default: no ceiling.
+            #[must_use]
+            pub fn max_wait(mut self, max_wait: ::std::time::Duration) -> Self {
+                self.max_wait = Some(max_wait);
                 self
             }
 

@@ -30,6 +30,67 @@ pub(crate) struct Slot<A> {
     /// What the next cycle takes: guarded by this mutex, which `begin` also
     /// holds while it consumes the pending bit and the marks.
     next: Mutex<Next<A>>,
+    /// With a debounce: when this slot's requests came (`None` without one).
+    stamps: Option<Box<Stamps>>,
+}
+
+/// The clock a debounce stamps requests with: ticks (microseconds) since the
+/// coalescer's epoch, on its driver's clock.
+pub(crate) type Ticks = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// When a slot's requests came, for the runner's quiet period
+/// (`Builder::debounce`): written by every accepted request, read by the
+/// runner before it begins a cycle.
+///
+/// `std` atomics, `Relaxed`, even under loom: they decide only *when* the
+/// next cycle begins, never which requests it covers (the state word and
+/// the marks decide that), so a stale stamp can shift a cycle's start by the
+/// moment between a request's RMW and its stamp, and nothing else.
+struct Stamps {
+    ticks: Ticks,
+    /// The latest request's tick.
+    last: std::sync::atomic::AtomicU64,
+    /// The earliest request the next cycle will cover: that cycle's number
+    /// (low 16 bits) above the tick (48 bits: nine years of microseconds).
+    first: std::sync::atomic::AtomicU64,
+}
+
+/// The bits of [`Stamps::first`] that hold the tick.
+const TICK_BITS: u32 = 48;
+const TICK_MASK: u64 = (1 << TICK_BITS) - 1;
+
+impl Stamps {
+    fn new(ticks: &Ticks) -> Box<Self> {
+        let now = ticks() & TICK_MASK;
+        Box::new(Stamps {
+            ticks: Arc::clone(ticks),
+            last: std::sync::atomic::AtomicU64::new(now),
+            first: std::sync::atomic::AtomicU64::new(1 << TICK_BITS | now),
+        })
+    }
+
+    /// A request accepted while the word was `seen` (live): it is the latest,
+    /// and the earliest for the cycle after the `seen` ones if none was
+    /// stamped for that cycle yet.
+    fn stamp(&self, seen: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = (self.ticks)() & TICK_MASK;
+        let cycle = (state::cycles_begun(seen) + 1) & 0xFFFF;
+        // ORDERING: Relaxed, timing only; pairs with nothing (type doc).
+        self.last.store(now, Relaxed);
+        if self.first.load(Relaxed) >> TICK_BITS != cycle {
+            self.first.store(cycle << TICK_BITS | now, Relaxed);
+        }
+    }
+}
+
+impl std::fmt::Debug for Stamps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stamps")
+            .field("last", &self.last)
+            .field("first", &self.first)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a [`Slot`]'s mutex guards.
@@ -59,10 +120,11 @@ impl Mark {
 }
 
 // The per-key cost of an active key (besides its `Arc` header, the key and
-// the map entry): one word of state and a small mutex over an `Option` and
-// an empty `Vec`. Not checked under loom, whose primitives are larger.
+// the map entry): one word of state, a small mutex over an `Option` and an
+// empty `Vec`, and the debounce's stamps pointer (null without one). Not
+// checked under loom, whose primitives are larger.
 #[cfg(not(loom))]
-static_assertions::const_assert!(std::mem::size_of::<Slot<()>>() <= 48);
+static_assertions::const_assert!(std::mem::size_of::<Slot<()>>() <= 56);
 
 /// What a request through a mark found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,14 +157,32 @@ pub(crate) struct Begun<A> {
 impl<A> Slot<A> {
     /// A slot born for a request: running, with that request pending. If the
     /// request waits, `waiter` is the completion of cycle 1.
-    pub(crate) fn fresh(waiter: Option<Arc<Completion<A>>>) -> Self {
+    /// With `ticks` (a debounce), the slot stamps its requests, the one that
+    /// creates it first.
+    pub(crate) fn fresh(waiter: Option<Arc<Completion<A>>>, ticks: Option<&Ticks>) -> Self {
         Slot {
             state: AtomicU64::new(state::FRESH),
             next: Mutex::new(Next {
                 completion: waiter,
                 marks: Vec::new(),
             }),
+            stamps: ticks.map(Stamps::new),
         }
+    }
+
+    /// With a debounce: the ticks of the latest request, and of the earliest
+    /// one the next cycle will cover (if it was stamped already). For the
+    /// runner, before it begins that cycle.
+    pub(crate) fn stamps(&self) -> Option<(u64, Option<u64>)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stamps = self.stamps.as_ref()?;
+        // ORDERING: Relaxed, timing only (see `Stamps`): the word's cycle
+        // count names the next cycle; only the runner changes it.
+        let next = (state::cycles_begun(self.state.load(Ordering::Relaxed)) + 1) & 0xFFFF;
+        // ORDERING: Relaxed, timing only; pairs with nothing (see `Stamps`).
+        let first = stamps.first.load(Relaxed);
+        let first = (first >> TICK_BITS == next).then_some(first & TICK_MASK);
+        Some((stamps.last.load(Relaxed), first))
     }
 
     /// Whether a runner still owns the slot (for reporting only).
@@ -128,6 +208,11 @@ impl<A> Slot<A> {
         // compare-exchange: a requester that finds the slot dead starts the
         // key's next runner only after the dead runner's last cycle (INV-1).
         let prev = self.state.fetch_or(state::PENDING, Ordering::AcqRel);
+        if let Some(stamps) = &self.stamps {
+            if state::is_live(prev) {
+                stamps.stamp(prev);
+            }
+        }
         state::requested(prev)
     }
 
@@ -174,7 +259,13 @@ impl<A> Slot<A> {
         // ORDERING: Relaxed: ordered by the swap's Acquire above. A covered
         // request needs no data from the runner; one that finds the slot
         // dying or dead is ordered by `request`'s AcqRel RMW in `take_back`.
-        if state::accepts_marks(self.state.load(Ordering::Relaxed)) {
+        let seen = self.state.load(Ordering::Relaxed);
+        if state::accepts_marks(seen) {
+            // With a debounce the request is stamped: one shared store, on
+            // the memo path too.
+            if let Some(stamps) = &self.stamps {
+                stamps.stamp(seen);
+            }
             return MarkedRequest::Covered;
         }
         self.take_back(mark)
@@ -370,7 +461,7 @@ mod tests {
     /// is; a dead slot turns requests away.
     #[test]
     fn a_slot_lives_until_its_runner_goes_idle() {
-        let slot = Slot::fresh(None);
+        let slot = Slot::fresh(None, None);
         assert!(slot.is_live());
         let first = slot.begin();
         assert_eq!(slot.request(), Requested::Coalesced { covered_by: 2 });
@@ -390,7 +481,7 @@ mod tests {
     /// waiters of the cycle that will now never begin.
     #[test]
     fn abandon_kills_the_slot_and_returns_the_next_waiters() {
-        let slot = Slot::fresh(None);
+        let slot = Slot::fresh(None, None);
         let _first = slot.begin();
         let waiter = slot.request_and_register().expect("the slot is live");
         let next = slot.abandon().expect("the follow-up's waiters");
@@ -402,7 +493,7 @@ mod tests {
     /// Distinct slots have distinct ids: the own-cycle check relies on it.
     #[test]
     fn slots_have_distinct_ids() {
-        let (a, b) = (Slot::fresh(None), Slot::fresh(None));
+        let (a, b) = (Slot::fresh(None, None), Slot::fresh(None, None));
         assert_ne!(a.id(), b.id());
     }
 }
