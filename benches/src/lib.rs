@@ -90,6 +90,20 @@ where
     pub fn new(keys: &[K]) -> Self {
         Held::build(keys, |builder, cycle| builder.build(cycle))
     }
+
+    /// The same, with a concurrency limit that the held keys never reach.
+    pub fn limited(keys: &[K]) -> Self {
+        Held::build(keys, |builder, cycle| {
+            builder.concurrency(keys.len() + 1).build(cycle)
+        })
+    }
+
+    /// The same, debounced (1 ms): every coalesced request stamps its slot.
+    pub fn debounced(keys: &[K]) -> Self {
+        Held::build(keys, |builder, cycle| {
+            builder.debounce(Duration::from_millis(1)).build(cycle)
+        })
+    }
 }
 
 impl<K> Held<K, Result<(), String>>

@@ -12,7 +12,7 @@
 //! ```text
 //! cargo run --release --example restart_storm -- [--workspaces N] [--writes M]
 //!     [--panic-rate P] [--fail-rate P] [--min-interval MS] [--restart-ms MS]
-//!     [--concurrency N] [--writers T] [--seed S]
+//!     [--concurrency N] [--debounce MS] [--max-wait MS] [--writers T] [--seed S]
 //! ```
 
 // The loom build (RUSTFLAGS="--cfg loom") has no tokio; there this example
@@ -46,6 +46,10 @@ mod storm {
         restart: Duration,
         /// At most this many restarts at once across workspaces (0: no limit).
         concurrency: usize,
+        /// A restart begins once its workspace was quiet this long (zero: none) ...
+        debounce: Duration,
+        /// ... or this long after the earliest write it covers (`None`: no ceiling).
+        max_wait: Option<Duration>,
         writers: u32,
         seed: u64,
     }
@@ -60,6 +64,8 @@ mod storm {
                 min_interval: Duration::ZERO,
                 restart: Duration::from_millis(3),
                 concurrency: 0,
+                debounce: Duration::ZERO,
+                max_wait: None,
                 writers: 64,
                 seed: 0x5eed,
             }
@@ -197,6 +203,8 @@ mod storm {
             Coalescer::builder()
                 .min_interval(config.min_interval)
                 .concurrency(config.concurrency)
+                .debounce(config.debounce)
+                .max_wait(config.max_wait.unwrap_or(Duration::MAX))
                 // Contained panics are counted in `stats()`; nothing to log.
                 .panic_hook(|_| {})
                 .retry(backoff())
@@ -352,10 +360,12 @@ mod storm {
     fn print(config: &Config, r: &Report) {
         let ratio = r.writes as f64 / r.restarts.max(1) as f64;
         println!(
-            "restart_storm: {} workspaces, min interval {:?}, restart {:?}, panic rate {}, \
-             fail rate {} (retried: {:?})",
+            "restart_storm: {} workspaces, min interval {:?}, debounce {:?} (max wait {:?}), \
+             restart {:?}, panic rate {}, fail rate {} (retried: {:?})",
             config.workspaces,
             config.min_interval,
+            config.debounce,
+            config.max_wait,
             config.restart,
             config.panic_rate,
             config.fail_rate,
@@ -424,6 +434,13 @@ mod storm {
                     config.restart = Duration::from_millis(value.parse().map_err(|e| bad(&e))?)
                 }
                 "--concurrency" => config.concurrency = value.parse().map_err(|e| bad(&e))?,
+                "--debounce" => {
+                    config.debounce = Duration::from_millis(value.parse().map_err(|e| bad(&e))?)
+                }
+                "--max-wait" => {
+                    config.max_wait =
+                        Some(Duration::from_millis(value.parse().map_err(|e| bad(&e))?))
+                }
                 "--writers" => config.writers = value.parse().map_err(|e| bad(&e))?,
                 "--seed" => config.seed = value.parse().map_err(|e| bad(&e))?,
                 _ => return Err(format!("unknown option {flag}")),
@@ -450,8 +467,8 @@ mod storm {
                 }
                 eprintln!(
                     "usage: restart_storm [--workspaces N] [--writes M] [--panic-rate P] \
-                     [--fail-rate P] [--min-interval MS] [--restart-ms MS] [--concurrency N] [--writers T] \
-                     [--seed S]"
+                     [--fail-rate P] [--min-interval MS] [--restart-ms MS] [--concurrency N] [--debounce MS] \
+                     [--max-wait MS] [--writers T] [--seed S]"
                 );
                 return ExitCode::from(2);
             }
@@ -477,6 +494,8 @@ mod storm {
         fn small(min_interval: u64) -> Config {
             Config {
                 concurrency: 0,
+                debounce: Duration::ZERO,
+                max_wait: None,
                 workspaces: 8,
                 writes: 3_000,
                 panic_rate: 0.1,
@@ -530,6 +549,19 @@ mod storm {
             print(&config, &report);
             assert!(report.passed(), "{report:?}");
             assert_eq!(report.max_running, 2, "{report:?}");
+        }
+
+        /// With `--debounce 2 --max-wait 10`, the storm passes every check.
+        #[test]
+        fn a_small_debounced_storm_loses_no_update() {
+            let config = Config {
+                debounce: Duration::from_millis(2),
+                max_wait: Some(Duration::from_millis(10)),
+                ..small(0)
+            };
+            let report = run(config.clone());
+            print(&config, &report);
+            assert!(report.passed(), "{report:?}");
         }
 
         #[test]

@@ -7,6 +7,8 @@
 //! valgrind --tool=callgrind target/release/hotpath go
 //! valgrind --tool=callgrind target/release/hotpath ours 256
 //! valgrind --tool=callgrind target/release/hotpath retry   # ours, with a retry policy
+//! valgrind --tool=callgrind target/release/hotpath limit   # ours, with a limit not reached
+//! valgrind --tool=callgrind target/release/hotpath debounce  # ours, debounced
 //! ```
 
 #[cfg(loom)]
@@ -30,6 +32,18 @@ fn main() {
         }
         Some("retry") => {
             let held = Held::retrying(&keys);
+            for i in 0..N {
+                let _ = black_box(held.coalescer.request(key(i)));
+            }
+        }
+        Some("limit") => {
+            let held = Held::limited(&keys);
+            for i in 0..N {
+                let _ = black_box(held.coalescer.request(key(i)));
+            }
+        }
+        Some("debounce") => {
+            let held = Held::debounced(&keys);
             for i in 0..N {
                 let _ = black_box(held.coalescer.request(key(i)));
             }
