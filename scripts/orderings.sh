@@ -36,6 +36,7 @@ reap-acquire-relaxed|impl/src/driver/threads.rs|if entries[i].finished.load(Orde
 join-partition-acquire-relaxed|impl/src/driver/threads.rs|e.finished.load(Ordering::Acquire)|e.finished.load(Ordering::Relaxed)
 aborted-release-relaxed|impl/src/driver/loom_tasks.rs|self.aborted.store(true, Ordering::Release)|self.aborted.store(true, Ordering::Relaxed)
 aborted-acquire-relaxed|impl/src/driver/loom_tasks.rs|self.aborted.load(Ordering::Acquire)|self.aborted.load(Ordering::Relaxed)
+retired-release-relaxed|impl/src/driver/threads.rs|retired.store(true, Ordering::Release)|retired.store(true, Ordering::Relaxed)
 LIST
 )
 

@@ -197,7 +197,17 @@ pub fn coalescer(
     env: &Arc<Env>,
     after: impl Fn(usize, u8) + Send + Sync + 'static,
 ) -> Recorded<Coalescer<u8, Fixed>> {
-    blocking_with(env, Duration::ZERO, after)
+    blocking_with(env, Duration::ZERO, 0, after)
+}
+
+/// The same with a concurrency limit of one: its runners take turns on a
+/// pool of one thread, and `Env::cycle`'s checks (no overlap, each cycle
+/// after the one before) hold across keys.
+pub fn limited_coalescer(
+    env: &Arc<Env>,
+    after: impl Fn(usize, u8) + Send + Sync + 'static,
+) -> Recorded<Coalescer<u8, Fixed>> {
+    blocking_with(env, Duration::ZERO, 1, after)
 }
 
 /// The same, paced with a `min_interval` (loom abstracts the wait as one
@@ -206,7 +216,7 @@ pub fn paced_coalescer(
     env: &Arc<Env>,
     after: impl Fn(usize, u8) + Send + Sync + 'static,
 ) -> Recorded<Coalescer<u8, Fixed>> {
-    blocking_with(env, PACE, after)
+    blocking_with(env, PACE, 0, after)
 }
 
 /// The interval the paced models use: any nonzero value (time is abstract).
@@ -215,11 +225,13 @@ const PACE: Duration = Duration::from_secs(1);
 fn blocking_with(
     env: &Arc<Env>,
     min_interval: Duration,
+    concurrency: usize,
     after: impl Fn(usize, u8) + Send + Sync + 'static,
 ) -> Recorded<Coalescer<u8, Fixed>> {
     let cycles = Arc::clone(env);
     let c = builder(env)
         .min_interval(min_interval)
+        .concurrency(concurrency)
         .build(move |key: &u8| {
             let _record = cycles.recorded_cycle(*key);
             let n = cycles.cycle();

@@ -71,8 +71,8 @@ impl Tasks {
             if !usable {
                 tracing::error!(
                     target: "coalescer",
-                    "min_interval, retry delays and timeouts are ignored: the tokio runtime has no time \
-                     driver (build it with enable_time or enable_all)"
+                    "min_interval, debounce, retry delays and timeouts are ignored: the tokio runtime \
+                     has no time driver (build it with enable_time or enable_all)"
                 );
             }
         }

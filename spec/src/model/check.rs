@@ -52,13 +52,17 @@ impl fmt::Display for Run {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "spec {:?}{}{} ({} keys, {} requesters x {} requests{}, panics: {}, shutdown: {}): \
+            "spec {:?}{}{}{} ({} keys, {} requesters x {} requests{}, panics: {}, shutdown: {}): \
              {} distinct states ({} generated), max depth {}, {:.1} s",
             self.spec.protocol,
             if self.spec.marks { " with marks" } else { "" },
             match self.spec.retries {
                 0 => String::new(),
                 n => format!(" with retries (up to {n} in a row)"),
+            },
+            match self.spec.limit {
+                0 => String::new(),
+                n => format!(" with a concurrency limit of {n}"),
             },
             self.spec.keys,
             self.spec.requesters,
