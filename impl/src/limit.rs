@@ -87,14 +87,9 @@ impl Limit {
     /// once, if it already is. For a runner that is started parked, before
     /// anything polls its ticket.
     pub(crate) fn wake_when_granted(&self, number: u64, waker: Waker) {
-        let mut line = self.line.lock();
-        if number < line.granted_below {
-            drop(line);
+        let granted = self.line.lock().granted_or_wake(number, &waker);
+        if granted {
             waker.wake();
-            return;
-        }
-        if let Some(entry) = find(&mut line.waiting, number) {
-            entry.1 = Some(waker);
         }
     }
 
@@ -119,14 +114,27 @@ impl Limit {
     }
 }
 
-/// The entry of the waiting ticket numbered `number`, if it is waiting (the
-/// line is sorted by number).
-fn find(
-    waiting: &mut VecDeque<(u64, Option<Waker>)>,
-    number: u64,
-) -> Option<&mut (u64, Option<Waker>)> {
-    let at = waiting.binary_search_by_key(&number, |&(n, _)| n).ok()?;
-    waiting.get_mut(at)
+impl Line {
+    /// Where the ticket numbered `number` waits, if it does (the line is
+    /// sorted by number).
+    fn place(&self, number: u64) -> Option<usize> {
+        self.waiting.binary_search_by_key(&number, |&(n, _)| n).ok()
+    }
+
+    /// Whether the ticket numbered `number` has been granted; if not,
+    /// `waker` is the one its grant wakes.
+    fn granted_or_wake(&mut self, number: u64, waker: &Waker) -> bool {
+        if number < self.granted_below {
+            return true;
+        }
+        if let Some(at) = self.place(number) {
+            match &mut self.waiting[at].1 {
+                Some(current) if current.will_wake(waker) => {}
+                slot => *slot = Some(waker.clone()),
+            }
+        }
+        false
+    }
 }
 
 /// A key's place in the line; resolves to its [`Permit`]. Dropped before
@@ -152,19 +160,16 @@ impl Future for Ticket {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Permit> {
         debug_assert!(!self.spent, "a ticket is polled until it is granted, once");
-        let mut line = self.limit.line.lock();
-        if self.number < line.granted_below {
-            drop(line);
-            self.spent = true;
-            return Poll::Ready(Permit(Arc::clone(&self.limit)));
+        let granted = self
+            .limit
+            .line
+            .lock()
+            .granted_or_wake(self.number, cx.waker());
+        if !granted {
+            return Poll::Pending;
         }
-        if let Some(entry) = find(&mut line.waiting, self.number) {
-            match &mut entry.1 {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                waker => *waker = Some(cx.waker().clone()),
-            }
-        }
-        Poll::Pending
+        self.spent = true;
+        Poll::Ready(Permit(Arc::clone(&self.limit)))
     }
 }
 
@@ -180,7 +185,7 @@ impl Drop for Ticket {
             self.limit.release();
             return;
         }
-        if let Ok(at) = line.waiting.binary_search_by_key(&self.number, |&(n, _)| n) {
+        if let Some(at) = line.place(self.number) {
             let _ = line.waiting.remove(at);
         }
     }
