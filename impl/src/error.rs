@@ -14,6 +14,10 @@ pub enum Admission {
     /// request, which covers it (together with every other request that
     /// arrived meanwhile).
     Coalesced,
+    /// A delayed request (`request_after`) for an idle key: the coalescer's
+    /// timer holds it, and starts the key's runner at its deadline unless a
+    /// request starts one sooner (whose first cycle then covers it).
+    Scheduled,
 }
 
 /// The request was rejected because the coalescer is shut down (or shutting

@@ -72,6 +72,7 @@
 
 mod completion;
 mod context;
+mod delay;
 mod driver;
 mod error;
 mod limit;

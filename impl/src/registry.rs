@@ -22,15 +22,19 @@
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
 
 use crate::completion::Completion;
+use crate::delay::Delays;
+use crate::error::Admission;
 use crate::memo::{self, Memo, MemoCounter};
 use crate::padded::Padded;
 use crate::panic::drop_contained;
-use crate::slot::{MarkedRequest, Slot, Ticks};
+use crate::slot::{DelayedRequest, MarkedRequest, Slot, Ticks};
+use crate::state;
 use crate::stats::Counters;
 use crate::sync::{Arc, AtomicBool, Ordering, PerThread, RwLock, RwLockWriteGuard, StatCounter};
 
@@ -42,6 +46,76 @@ struct Entry<K, A> {
     slot: Arc<Slot<A>>,
 }
 
+/// A key's delayed request not yet covered (`delay.rs`): at most one per
+/// key, in the key's shard, under the shard's lock.
+struct Delayed<K, A> {
+    hash: u64,
+    key: K,
+    /// When it becomes an immediate request (`None`: too far to name; only
+    /// a cycle or shutdown covers it). The timer queue has an entry for it.
+    deadline: Option<Instant>,
+    /// Its number in the timer queue.
+    number: u64,
+    /// What covers it: `None`, the key's next slot (it was idle); or a live
+    /// slot and how many cycles it had begun, covered once it begins one
+    /// more.
+    since: Option<(Arc<Slot<A>>, u64)>,
+}
+
+impl<K, A> Delayed<K, A> {
+    /// Whether no cycle has covered it yet (a record on a slot that has
+    /// begun a cycle since is stale, and is dropped when found).
+    fn owed(&self) -> bool {
+        self.since.as_ref().map_or(true, |(slot, since)| {
+            state::cycles_begun(slot.touch()) == *since
+        })
+    }
+}
+
+/// What a shard's lock guards: the active keys' slots, and the delayed
+/// requests not yet covered. Derefs to the active table, which every
+/// request reads.
+struct Tables<K, A> {
+    active: HashTable<Entry<K, A>>,
+    delayed: HashTable<Delayed<K, A>>,
+}
+
+impl<K, A> std::ops::Deref for Tables<K, A> {
+    type Target = HashTable<Entry<K, A>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.active
+    }
+}
+
+impl<K, A> std::ops::DerefMut for Tables<K, A> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.active
+    }
+}
+
+impl<K, A> Tables<K, A> {
+    /// Takes `key`'s delayed request out (a fresh slot covers it), with its
+    /// timer entry; the record, to drop outside the lock.
+    fn cover_delayed(&mut self, hash: u64, key: &K, delays: &Delays) -> Option<Delayed<K, A>>
+    where
+        K: Eq,
+    {
+        if self.delayed.is_empty() {
+            return None;
+        }
+        let (record, _) = self
+            .delayed
+            .find_entry(hash, |d| d.key == *key)
+            .ok()?
+            .remove();
+        if let Some(deadline) = record.deadline {
+            delays.cancel(deadline, record.number);
+        }
+        Some(record)
+    }
+}
+
 /// A shard on cache lines of its own: its lock word is written by every
 /// request that reads the map (the read lock is an RMW), so two shards
 /// sharing a line would make requests for unrelated keys contend. The
@@ -51,14 +125,14 @@ type Shard<K, A> = Padded<ShardMap<K, A>>;
 
 /// The contents of a [`Shard`].
 struct ShardMap<K, A> {
-    map: RwLock<HashTable<Entry<K, A>>>,
+    map: RwLock<Tables<K, A>>,
     /// Requests folded into a live slot of this shard through the map (see
     /// `Stats`).
     coalesced: StatCounter,
 }
 
 impl<K, A> std::ops::Deref for ShardMap<K, A> {
-    type Target = RwLock<HashTable<Entry<K, A>>>;
+    type Target = RwLock<Tables<K, A>>;
 
     fn deref(&self) -> &Self::Target {
         &self.map
@@ -93,6 +167,8 @@ pub(crate) struct Registry<K, S, A> {
     memos: PerThread,
     /// With a debounce: the clock fresh slots stamp their requests with.
     ticks: Option<Ticks>,
+    /// The timer queue of the delayed requests in the shards.
+    delays: Delays,
 }
 
 /// The most shards a registry has, whatever the builder was asked for.
@@ -143,8 +219,9 @@ pub(crate) enum Admitted<'a, K, C, A> {
 /// for the key meanwhile. Dropped without [`insert`](Self::insert), it
 /// records nothing.
 pub(crate) struct Vacant<'a, K, C, A> {
-    map: RwLockWriteGuard<'a, HashTable<Entry<K, A>>>,
+    map: RwLockWriteGuard<'a, Tables<K, A>>,
     active: &'a StatCounter,
+    delays: &'a Delays,
     hash: u64,
     key: K,
     slot: Arc<Slot<A>>,
@@ -174,11 +251,14 @@ impl<'a, K, C, A> Vacant<'a, K, C, A> {
         let Vacant {
             mut map,
             active,
+            delays,
             hash,
             key,
             slot,
             covered,
         } = self;
+        // The fresh slot's first cycle covers the key's delayed request.
+        let covered_delayed = map.cover_delayed(hash, &key, delays);
         // Counted while we still hold the write lock, which the new runner's
         // `reclaim` needs: so the count never goes below this slot's share.
         // ORDERING: Relaxed, observation only (StatCounter).
@@ -190,8 +270,18 @@ impl<'a, K, C, A> Vacant<'a, K, C, A> {
             }
         }
         drop(map);
+        drop_contained(covered_delayed, "a key");
         covered
     }
+}
+
+/// What a record falling due needs ([`Registry::due`]).
+enum Due<'a, K, A> {
+    /// A fresh slot, to start.
+    Fresh(Vacant<'a, K, (), A>),
+    /// Nothing more: it was covered, or requested its live slot. The lock
+    /// and the record, to drop outside it.
+    Done(RwLockWriteGuard<'a, Tables<K, A>>, Delayed<K, A>),
 }
 
 impl<K, S, A> Registry<K, S, A>
@@ -297,14 +387,192 @@ where
         // The key is idle (no slot, or a dead slot its runner has not removed
         // yet): its fresh slot, for the caller to start and insert.
         let (completion, covered) = J::fresh();
-        Ok(Admitted::Vacant(Vacant {
+        Ok(Admitted::Vacant(
+            self.vacant(map, hash, key, completion, covered),
+        ))
+    }
+
+    /// A fresh slot for `key`, under its shard's write lock `map`.
+    fn vacant<'a, C>(
+        &'a self,
+        map: RwLockWriteGuard<'a, Tables<K, A>>,
+        hash: u64,
+        key: K,
+        completion: Option<Arc<Completion<A>>>,
+        covered: C,
+    ) -> Vacant<'a, K, C, A> {
+        Vacant {
             map,
             active: &self.active,
+            delays: &self.delays,
             hash,
             key,
             slot: Arc::new(Slot::fresh(completion, self.ticks.as_ref())),
             covered,
-        }))
+        }
+    }
+
+    /// Admits a delayed request for `key`, due at `deadline` (`None`: too
+    /// far to name), as `delay.rs` describes: folded into a cycle the key
+    /// already owes; or recorded, the earliest deadline winning, with
+    /// `start_timer` called (under the shard lock, so shutdown's barrier
+    /// orders it) if the coalescer's timer is not running.
+    pub(crate) fn admit_after(
+        &self,
+        key: K,
+        deadline: Option<Instant>,
+        start_timer: impl FnOnce() -> bool,
+    ) -> Result<Admission, Refused> {
+        let hash = self.hash(&key);
+        let shard = self.shard(hash);
+        let mut map = shard.write();
+        if self.is_closed() {
+            return Err(Refused::Closed);
+        }
+        let since = match map.find(hash, |e| e.key == key) {
+            Some(entry) => {
+                let seen = entry.slot.touch();
+                if state::is_live(seen) && state::is_pending(seen) {
+                    // A cycle is owed and begins after this call: it covers
+                    // the delayed request, which needs no record.
+                    return Ok(Admission::Coalesced);
+                }
+                state::is_live(seen).then(|| (Arc::clone(&entry.slot), state::cycles_begun(seen)))
+            }
+            None => None,
+        };
+        let admission = if since.is_some() {
+            Admission::Coalesced
+        } else {
+            Admission::Scheduled
+        };
+        let tables = &mut *map;
+        let stale = match tables.delayed.find_mut(hash, |d| d.key == key) {
+            Some(record) if record.owed() => {
+                // One record per key: the earliest deadline wins.
+                if let Some(earlier) = deadline.filter(|d| record.deadline.map_or(true, |r| *d < r))
+                {
+                    if let Some(later) = record.deadline {
+                        self.delays.cancel(later, record.number);
+                    }
+                    record.deadline = Some(earlier);
+                    if self.delays.schedule(earlier, record.number, hash) && !start_timer() {
+                        self.delays.not_timing();
+                    }
+                }
+                return Ok(admission);
+            }
+            Some(_) => tables.cover_delayed(hash, &key, &self.delays),
+            None => None,
+        };
+        let number = self.delays.number();
+        tables.delayed.insert_unique(
+            hash,
+            Delayed {
+                hash,
+                key,
+                deadline,
+                number,
+                since,
+            },
+            |d| d.hash,
+        );
+        if let Some(deadline) = deadline {
+            if self.delays.schedule(deadline, number, hash) && !start_timer() {
+                self.delays.not_timing();
+            }
+        }
+        drop(map);
+        drop_contained(stale, "a key");
+        Ok(admission)
+    }
+
+    /// Record `number` of a key with hash `hash` has fallen due (the timer
+    /// took its queue entry): it becomes an immediate request, unless a cycle
+    /// covered it meanwhile. A fresh slot to start if the key needs one.
+    pub(crate) fn fire(&self, hash: u64, number: u64) -> Option<Vacant<'_, K, (), A>> {
+        let mut map = self.shard(hash).write();
+        let (record, _) = map
+            .delayed
+            .find_entry(hash, |d| d.number == number)
+            .ok()?
+            .remove();
+        if let Some(target) = shrink_target(map.delayed.len(), map.delayed.capacity()) {
+            map.delayed.shrink_to(target, |d| d.hash);
+        }
+        match self.due(map, record) {
+            Due::Fresh(vacant) => Some(vacant),
+            Due::Done(map, record) => {
+                drop(map);
+                drop_contained(Some(record), "a key");
+                None
+            }
+        }
+    }
+
+    /// A record taken out of `map` becomes an immediate request: on its
+    /// slot, unless a cycle began since; else on a fresh slot. Admission's
+    /// `closed` flag does not apply: the record was accepted.
+    fn due<'a>(
+        &'a self,
+        map: RwLockWriteGuard<'a, Tables<K, A>>,
+        record: Delayed<K, A>,
+    ) -> Due<'a, K, A> {
+        if let Some((slot, since)) = &record.since {
+            match slot.request_unless_begun(*since) {
+                DelayedRequest::Covered | DelayedRequest::Requested => {
+                    return Due::Done(map, record)
+                }
+                DelayedRequest::Dead => {}
+            }
+        }
+        // The key's slot died (or it had none) with no cycle since the
+        // delayed request: it needs a fresh one. (A live slot created since
+        // would have covered and removed the record; if one is there anyway,
+        // the request joins it.)
+        if let Some(entry) = map.find(record.hash, |e| e.key == record.key) {
+            if entry.slot.request() != crate::state::Requested::Dead {
+                return Due::Done(map, record);
+            }
+        }
+        let Delayed { hash, key, .. } = record;
+        Due::Fresh(self.vacant(map, hash, key, None, ()))
+    }
+
+    /// Closes admission. When this returns, every later `admit` fails with
+    /// `Closed`, and every earlier successful `admit` has finished: its
+    /// request is in a live slot and any runner it started was registered by
+    /// `start` (INV-5). Every delayed request not yet covered has become an
+    /// immediate one inside the barrier: on its live slot, or on a fresh
+    /// slot handed to `start` (under the shard lock, as admission does).
+    pub(crate) fn close(&self, mut start: impl FnMut(Vacant<'_, K, (), A>)) {
+        // ORDERING: Release pairs with the Acquire load in `is_closed`. The
+        // flag alone is not enough — a request may have read `false` just
+        // before this store — so the barrier below waits out every admission
+        // holding a shard lock; any lock taken after it sees the flag (and
+        // any delayed request recorded before it is found here).
+        self.closed.store(true, Ordering::Release);
+        let mut spent = Vec::new();
+        for shard in self.shards.iter() {
+            let mut map = shard.write();
+            let records: Vec<_> = map.delayed.drain().collect();
+            for record in records {
+                map = match self.due(map, record) {
+                    Due::Fresh(vacant) => {
+                        start(vacant);
+                        shard.write()
+                    }
+                    Due::Done(map, record) => {
+                        spent.push(record);
+                        map
+                    }
+                };
+            }
+            drop(map);
+        }
+        self.delays.clear();
+        // The keys' `Drop`, outside every lock.
+        drop_contained(Some(spent), "a key");
     }
 
     /// Makes `slot` (live, `key`'s) this thread's memo for this registry.
@@ -340,7 +608,10 @@ where
             shards: (0..n)
                 .map(|_| {
                     Padded(ShardMap {
-                        map: RwLock::new(HashTable::new()),
+                        map: RwLock::new(Tables {
+                            active: HashTable::new(),
+                            delayed: HashTable::new(),
+                        }),
                         coalesced: StatCounter::new(0),
                     })
                 })
@@ -355,6 +626,7 @@ where
             memo_counts: std::sync::Mutex::default(),
             memos: PerThread::new(),
             ticks: None,
+            delays: Delays::default(),
         }
     }
 
@@ -459,21 +731,6 @@ fn shrink_target(len: usize, capacity: usize) -> Option<usize> {
 }
 
 impl<K, S, A> Registry<K, S, A> {
-    /// Closes admission. When this returns, every later `admit` fails with
-    /// `Closed`, and every earlier successful `admit` has finished: its
-    /// request is in a live slot and any runner it started was registered by
-    /// `start` (INV-5).
-    pub(crate) fn close(&self) {
-        // ORDERING: Release pairs with the Acquire load in `is_closed`. The
-        // flag alone is not enough — a request may have read `false` just
-        // before this store — so the barrier below waits out every admission
-        // holding a shard lock; any lock taken after it sees the flag.
-        self.closed.store(true, Ordering::Release);
-        for shard in self.shards.iter() {
-            drop(shard.write());
-        }
-    }
-
     /// Sets the closed flag without the barrier of [`close`](Self::close):
     /// every admission from now on is rejected, with no promise about the
     /// ones in flight. For a coalescer that can no longer run anything (its
@@ -498,6 +755,17 @@ impl<K, S, A> Registry<K, S, A> {
         self.memo_counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The timer queue of the delayed requests.
+    pub(crate) fn delays(&self) -> &Delays {
+        &self.delays
+    }
+
+    /// Delayed requests recorded whose deadline has not come (see
+    /// `Stats::scheduled`).
+    pub(crate) fn scheduled(&self) -> usize {
+        self.shards.iter().map(|s| s.read().delayed.len()).sum()
     }
 
     /// Keys with a running or pending cycle.

@@ -33,6 +33,9 @@ pub(crate) type CycleFuture<O> = Pin<Box<dyn Future<Output = O> + Send>>;
 /// cycle runs inside the call and returns a ready future.)
 pub(crate) type CycleFn<K, O> = Box<dyn Fn(&K, CycleContext) -> CycleFuture<O> + Send + Sync>;
 
+/// [`Shared::closer`]'s type.
+pub(crate) type Closer<K, S, D, O> = fn(&Arc<Shared<K, S, D, O>>);
+
 /// What a coalescer's verbs and its runners share; `O` is what its cycles
 /// return.
 pub(crate) struct Shared<K, S, D, O: CycleOutput> {
@@ -58,15 +61,21 @@ pub(crate) struct Shared<K, S, D, O: CycleOutput> {
     /// A cycle waits for a quiet period first (`None`: no debounce, or no
     /// timers to wait with).
     pub(crate) debounce: Option<Debounce>,
+    /// Closes admission and turns the delayed requests into immediate ones
+    /// (`shell::close_and_cover`; a function pointer, so that `close` needs
+    /// none of the bounds that starting a runner does).
+    pub(crate) closer: Closer<K, S, D, O>,
+    /// Whether `request_after` has said that it cannot wait (no timers).
+    pub(crate) warned_no_timers: std::sync::atomic::AtomicBool,
     pub(crate) driver: D,
 }
 
 impl<K, S, D: Driver, O: CycleOutput> Shared<K, S, D, O> {
     /// Closes admission (every later request is rejected, every earlier one
-    /// is in a live slot: INV-5) and ends every pacing wait, so the drain
-    /// runs pending follow-ups at once.
-    pub(crate) fn close(&self) {
-        self.registry.close();
+    /// is in a live slot — delayed ones included: INV-5, INV-13) and ends
+    /// every pacing wait, so the drain runs pending follow-ups at once.
+    pub(crate) fn close(self: &Arc<Self>) {
+        (self.closer)(self);
         self.driver.drain();
     }
 }
@@ -75,8 +84,11 @@ impl<K, S, D, O: CycleOutput> Shared<K, S, D, O> {
     /// A snapshot of the counters.
     pub(crate) fn stats(&self) -> Stats {
         let waiting = self.limit.as_ref().map_or(0, |limit| limit.waiting());
-        self.counters
-            .snapshot(self.registry.coalesced_count(), waiting as u64)
+        let mut stats = self
+            .counters
+            .snapshot(self.registry.coalesced_count(), waiting as u64);
+        stats.scheduled = self.registry.scheduled() as u64;
+        stats
     }
 
     /// This coalescer's identity, for the own-cycle check.

@@ -10,13 +10,15 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::time::Duration;
 
+use crate::delay;
+
 use crate::completion::Completion;
 use crate::driver::{Driver, Needs};
 use crate::error::{Admission, Closed, RunError};
 use crate::limit::Limit;
 use crate::output::{Answer, CycleOutput};
 use crate::panic::{self, PanicHook};
-use crate::registry::{Admitted, Join, Refused, Registry};
+use crate::registry::{Admitted, Join, Refused, Registry, Vacant};
 use crate::retry::{FailureHook, NoHook, NoRetry, RetryPolicy};
 use crate::runner::{self, in_cycle_of, CycleFn, Debounce, Shared, StartError};
 use crate::slot::{Slot, Ticks};
@@ -91,8 +93,8 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
         cycle: CycleFn<K, O>,
     ) -> Coalescer<K, S, D, O>
     where
-        K: Hash + Eq,
-        S: BuildHasher,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        S: BuildHasher + Send + Sync + 'static,
         P: RetryPolicy<K, O::Error>,
         H: FailureHook<K, O::Error>,
     {
@@ -133,6 +135,8 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
                 timeout: self.timeout.filter(|_| timers),
                 stop: Arc::default(),
                 limit: limit.map(|permits| Arc::new(Limit::new(permits))),
+                closer: close_and_cover::<K, S, D, O>,
+                warned_no_timers: std::sync::atomic::AtomicBool::new(false),
                 driver,
             }),
         }
@@ -220,6 +224,50 @@ macro_rules! front_end {
             /// caller; the coalescer stays usable.
             pub fn request(&self, key: K) -> Result<$crate::Admission, $crate::Closed> {
                 self.request_plain(key)
+            }
+
+            /// Requests a cycle of `key` that begins no later than `delay`
+            /// from now: a deadline, not an extra run. Returns at once, as
+            /// [`request`](Self::request) does.
+            ///
+            /// The request is covered by the first cycle of `key` that
+            /// begins after this call, whatever made it begin; if none
+            /// begins sooner, the request becomes an immediate one at
+            /// `now + delay` (on the driver's clock: tokio's, for the async
+            /// coalescer). So an immediate request's cycle covers a pending
+            /// delayed one, and a delayed request never causes a second
+            /// cycle. Several delayed requests for a key keep one deadline,
+            /// the earliest. Falling due, it is an ordinary request: it
+            /// folds into a follow-up or retry the key already owes, and
+            /// `min_interval`, a retry's delay, the debounce and the
+            /// concurrency limit hold it back as they would any request
+            /// made then (`docs/design.md` has the table).
+            ///
+            /// An idle key's delayed request costs a record and an entry in
+            /// the coalescer's one timer (a task, or a thread), not a
+            /// runner. [`shutdown`](Self::shutdown) (and drop) turns every
+            /// pending delayed request into an immediate one inside its
+            /// drain: an accepted request is never dropped (INV-5, INV-13).
+            ///
+            /// Returns [`Admission::Coalesced`](crate::Admission::Coalesced)
+            /// if the key's runner is active (its next cycle, or the one the
+            /// deadline requests, covers it), and
+            /// [`Admission::Scheduled`](crate::Admission::Scheduled) if the
+            /// key is idle. A delay too long to add to the clock has no
+            /// deadline: only a cycle, or shutdown, covers it. The async
+            /// coalescer on a runtime without the time driver makes the
+            /// request at once (and logs an error event, once).
+            ///
+            /// # Errors
+            ///
+            /// [`Closed`](crate::Closed) once shutdown (or drop) has begun;
+            /// the request is then not recorded.
+            pub fn request_after(
+                &self,
+                key: K,
+                delay: ::std::time::Duration,
+            ) -> Result<$crate::Admission, $crate::Closed> {
+                self.request_delayed(key, delay)
             }
         }
 
@@ -496,9 +544,46 @@ where
     pub(crate) fn request_plain(&self, key: K) -> Result<Admission, Closed> {
         let admitted = self.shared.registry.admit_plain::<Plain>(key);
         // Only a waiting request can be refused for any other reason.
-        self.settle(admitted)
+        settle(&self.shared, admitted)
             .map(|(admission, ())| admission)
             .map_err(|_| Closed)
+    }
+
+    /// Admits a delayed request (`request_after`, in [`front_end!`]; see
+    /// `delay.rs`).
+    pub(crate) fn request_delayed(&self, key: K, delay: Duration) -> Result<Admission, Closed> {
+        let shared = &self.shared;
+        if !shared.driver.can_delay() {
+            // Nothing can wait for the deadline: the request is made now.
+            warn_no_timers(shared);
+            return self.request_plain(key);
+        }
+        let deadline = shared.driver.now().checked_add(delay);
+        let start_timer = || {
+            let timer = Box::pin(delay::keep_time(Arc::clone(shared)));
+            match shared.driver.spawn_timer(timer) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(
+                        target: "coalescer",
+                        "could not start the timer thread of delayed requests ({e}); they \
+                         fall due when the next delayed request starts it, or at shutdown"
+                    );
+                    false
+                }
+            }
+        };
+        match shared.registry.admit_after(key, deadline, start_timer) {
+            Ok(admission) => {
+                Counters::bump(&shared.counters.delayed);
+                tracing::debug!(target: "coalescer", "delayed");
+                Ok(admission)
+            }
+            Err(_) => {
+                Counters::bump(&shared.counters.rejected);
+                Err(Closed)
+            }
+        }
     }
 
     /// Admits a waiting request: its admission and the completion of the
@@ -509,49 +594,133 @@ where
         key: K,
     ) -> Result<(Admission, Arc<Completion<Answer<O>>>), RunError<O::Error>> {
         let admitted = self.shared.registry.admit::<Waiting>(key);
-        self.settle(admitted)
+        settle(&self.shared, admitted)
     }
+}
 
-    /// What admission decided, with the runner of a fresh slot started (its
-    /// shard's write lock still held, in the `Vacant`) and the rejections
-    /// counted.
-    fn settle<C>(
-        &self,
-        admitted: Result<Admitted<'_, K, C, Answer<O>>, Refused>,
-    ) -> Result<(Admission, C), RunError<O::Error>> {
-        let shared = &self.shared;
-        let vacant = match admitted {
-            Ok(Admitted::Joined(covered)) => return Ok((Admission::Coalesced, covered)),
-            Ok(Admitted::Vacant(vacant)) => vacant,
-            Err(Refused::OwnCycle) => return Err(RunError::OwnCycle),
-            Err(Refused::Closed) => {
-                Counters::bump(&shared.counters.rejected);
-                return Err(RunError::Closed);
-            }
-        };
-        let key = vacant.key().clone();
-        match runner::start(shared, key, Arc::clone(vacant.slot()), vacant.hash()) {
-            Ok(()) => {
-                let covered = vacant.insert();
-                Counters::bump(&shared.counters.started);
-                tracing::debug!(target: "coalescer", "started");
-                Ok((Admission::Started, covered))
-            }
-            Err(StartError::Gone) => {
-                // Nobody has seen the slot: it was never in the map. The
-                // runtime has shut down and nothing can run any more, so the
-                // coalescer closes itself: this and every later request is
-                // rejected.
-                drop(vacant);
-                shared.registry.close_without_barrier();
-                Counters::bump(&shared.counters.rejected);
-                Err(RunError::Closed)
-            }
-            Err(StartError::Os(e)) => {
-                drop(vacant);
-                panic!("coalescer: failed to start a runner thread: {e}")
-            }
+/// What admission decided, with the runner of a fresh slot started (its
+/// shard's write lock still held, in the `Vacant`) and the rejections
+/// counted.
+fn settle<K, S, D, O, C>(
+    shared: &Arc<Shared<K, S, D, O>>,
+    admitted: Result<Admitted<'_, K, C, Answer<O>>, Refused>,
+) -> Result<(Admission, C), RunError<O::Error>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    D: Driver,
+    O: CycleOutput,
+{
+    let vacant = match admitted {
+        Ok(Admitted::Joined(covered)) => return Ok((Admission::Coalesced, covered)),
+        Ok(Admitted::Vacant(vacant)) => vacant,
+        Err(Refused::OwnCycle) => return Err(RunError::OwnCycle),
+        Err(Refused::Closed) => {
+            Counters::bump(&shared.counters.rejected);
+            return Err(RunError::Closed);
         }
+    };
+    match start_fresh(shared, vacant) {
+        Ok(covered) => {
+            Counters::bump(&shared.counters.started);
+            tracing::debug!(target: "coalescer", "started");
+            Ok((Admission::Started, covered))
+        }
+        Err(StartError::Gone) => {
+            Counters::bump(&shared.counters.rejected);
+            Err(RunError::Closed)
+        }
+        Err(StartError::Os(e)) => panic!("coalescer: failed to start a runner thread: {e}"),
+    }
+}
+
+/// Starts the runner of a fresh slot and puts the slot in the map (the
+/// request is accepted). If the runtime has shut down (`Gone`), nobody has
+/// seen the slot — it was never in the map — and nothing can run any more,
+/// so the coalescer closes itself: every later request is rejected.
+fn start_fresh<K, S, D, O, C>(
+    shared: &Arc<Shared<K, S, D, O>>,
+    vacant: Vacant<'_, K, C, Answer<O>>,
+) -> Result<C, StartError>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    D: Driver,
+    O: CycleOutput,
+{
+    let key = vacant.key().clone();
+    match runner::start(shared, key, Arc::clone(vacant.slot()), vacant.hash()) {
+        Ok(()) => Ok(vacant.insert()),
+        Err(error) => {
+            drop(vacant);
+            if matches!(error, StartError::Gone) {
+                shared.registry.close_without_barrier();
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The timer's step for a delayed request that fell due (`delay.rs`):
+/// an immediate request now, unless a cycle covered it meanwhile.
+pub(crate) fn fire<K, S, D, O>(shared: &Arc<Shared<K, S, D, O>>, hash: u64, number: u64)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    D: Driver,
+    O: CycleOutput,
+{
+    if let Some(vacant) = shared.registry.fire(hash, number) {
+        start_delayed(shared, vacant);
+    }
+}
+
+/// Starts the runner of a fresh slot for a delayed request that fell due
+/// (or that `close` turned into a request). It was accepted already, so a
+/// runner thread the OS refuses loses it, and says so.
+fn start_delayed<K, S, D, O>(shared: &Arc<Shared<K, S, D, O>>, vacant: Vacant<'_, K, (), Answer<O>>)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    D: Driver,
+    O: CycleOutput,
+{
+    match start_fresh(shared, vacant) {
+        Ok(()) => tracing::debug!(target: "coalescer", "started"),
+        // The runtime has shut down: nothing runs any more, for any request.
+        Err(StartError::Gone) => {}
+        Err(StartError::Os(e)) => tracing::error!(
+            target: "coalescer",
+            "a delayed request fell due, but its runner thread could not start ({e}): it is lost"
+        ),
+    }
+}
+
+/// `Shared::closer`: closes admission and turns every delayed request not
+/// yet covered into an immediate one, inside the barrier (INV-5).
+fn close_and_cover<K, S, D, O>(shared: &Arc<Shared<K, S, D, O>>)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    D: Driver,
+    O: CycleOutput,
+{
+    shared
+        .registry
+        .close(|vacant| start_delayed(shared, vacant));
+}
+
+/// Says once per coalescer that delayed requests are made at once: the
+/// runtime has no time driver.
+fn warn_no_timers<K, S, D: Driver, O: CycleOutput>(shared: &Shared<K, S, D, O>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    // ORDERING: Relaxed: only decides whether to log; pairs with nothing.
+    if !shared.warned_no_timers.swap(true, Relaxed) {
+        tracing::error!(
+            target: "coalescer",
+            "request_after makes its requests at once: the tokio runtime has no time driver \
+             (build it with enable_time or enable_all)"
+        );
     }
 }
 

@@ -135,6 +135,18 @@ pub(crate) enum MarkedRequest {
     SlotDead,
 }
 
+/// What a delayed request falling due did ([`Slot::request_unless_begun`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DelayedRequest {
+    /// A cycle has begun since the delayed request: it covered it.
+    Covered,
+    /// The slot is live and now pending: its next cycle covers it.
+    Requested,
+    /// No cycle began since, and the slot is dead: the key needs a fresh
+    /// slot.
+    Dead,
+}
+
 /// What the runner does after a cycle, as [`Slot::go_idle`] decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AfterCycle {
@@ -214,6 +226,47 @@ impl<A> Slot<A> {
             }
         }
         state::requested(prev)
+    }
+
+    /// For a delayed request (`delay.rs`): whether a cycle is already owed,
+    /// and the state word, without requesting one. An RMW that changes
+    /// nothing, so that it takes its place in the word's modification order:
+    /// whichever later `begin` covers the delayed request synchronizes with
+    /// it.
+    pub(crate) fn touch(&self) -> u64 {
+        // ORDERING: AcqRel, as `request`'s `fetch_or`: Release pairs with the
+        // Acquire `fetch_add` in `begin` (directly or through the release
+        // sequence of later RMWs: every write to this word after creation
+        // is an RMW), so the delayed requester's writes happen-before the
+        // cycle that covers it (INV-4). Acquire pairs with `go_idle`'s
+        // Release success, as in `request`.
+        self.state.fetch_or(0, Ordering::AcqRel)
+    }
+
+    /// A delayed request falling due (`delay.rs`), made while the word had
+    /// begun `since` cycles: requests a cycle unless one has begun since
+    /// (then the delayed request is covered already). `Dead`: no cycle
+    /// began since and the slot is dead, so the key needs a fresh slot.
+    pub(crate) fn request_unless_begun(&self, since: u64) -> DelayedRequest {
+        // ORDERING: AcqRel on success, as `request`'s `fetch_or` (the timer
+        // that makes it is ordered after the delayed requester through the
+        // shard lock both take). Acquire on failure pairs with `go_idle`'s
+        // Release success, for the fresh slot that follows a dead one.
+        let updated = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (state::cycles_begun(s) == since && state::is_live(s)).then_some(state::request(s))
+            });
+        match updated {
+            Ok(prev) => {
+                if let Some(stamps) = &self.stamps {
+                    stamps.stamp(prev);
+                }
+                DelayedRequest::Requested
+            }
+            Err(now) if state::cycles_begun(now) != since => DelayedRequest::Covered,
+            Err(_) => DelayedRequest::Dead,
+        }
     }
 
     /// The `request` transition for a caller that will wait: registers for

@@ -113,13 +113,6 @@ pub(crate) const fn cycles_begun(s: u64) -> u64 {
 }
 
 /// The `request` transition (what `fetch_or(PENDING)` computes).
-#[cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        reason = "the slot applies it as `fetch_or(PENDING)`; tests and the spec call it"
-    )
-)]
 #[inline]
 pub(crate) const fn request(s: u64) -> u64 {
     s | PENDING

@@ -43,6 +43,13 @@ pub struct Stats {
     /// Keys that are due and waiting for a permit of the concurrency limit
     /// now (a gauge; always 0 without a limit).
     pub waiting: u64,
+    /// Accepted delayed requests (`request_after`; not in `requests`).
+    pub delayed: u64,
+    /// Delayed requests recorded and waiting for their deadline now (a
+    /// gauge): one per key at most. A record that a cycle covered before
+    /// its deadline is dropped at that deadline, and counted until then;
+    /// 0 after shutdown.
+    pub scheduled: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -62,6 +69,7 @@ pub(crate) struct Counters {
     pub(crate) give_ups: StatCounter,
     pub(crate) panics: StatCounter,
     pub(crate) timeouts: StatCounter,
+    pub(crate) delayed: StatCounter,
     /// A gauge: up when a cycle starts, down when it ends.
     pub(crate) running: StatCounter,
 }
@@ -98,6 +106,8 @@ impl Counters {
             timeouts: self.timeouts.load(Relaxed),
             running: self.running.load(Relaxed),
             waiting,
+            delayed: self.delayed.load(Relaxed),
+            scheduled: 0,
         }
     }
 }

@@ -62,6 +62,11 @@ impl Driver for Tasks {
         self.timed
     }
 
+    /// Always: a deadline is one yield away (`until`).
+    fn can_delay(&self) -> bool {
+        true
+    }
+
     /// One yield: a point where every other thread may run (a request joins
     /// the pending follow-up, a shutdown starts draining), after which the
     /// deadline has passed (see `sync`'s `Condvar::wait_until`).

@@ -104,6 +104,12 @@ pub trait Driver: Send + Sync + Sized + 'static {
     /// wait: no pacing, and retries follow at once.
     fn has_timers(&self) -> bool;
 
+    /// Whether this driver can wait for a delayed request's deadline
+    /// (`request_after`). The default: [`has_timers`](Self::has_timers).
+    fn can_delay(&self) -> bool {
+        self.has_timers()
+    }
+
     /// Whether dropping the coalescer aborts its runners (tasks) rather
     /// than joining them (threads): then its cycles are told to stop first.
     const DROP_ABORTS: bool;
@@ -124,6 +130,25 @@ pub trait Driver: Send + Sync + Sized + 'static {
     /// ([`drain`](Self::drain)): the waits between cycles (`min_interval`,
     /// a retry's delay).
     fn until(&self, deadline: Option<Instant>) -> impl Future<Output = ()> + Send + '_;
+
+    /// Starts the timer of the delayed requests (`delay.rs`), which waits
+    /// with [`timer_until`](Self::timer_until) and is woken early by its
+    /// waker. The default: as [`spawn`](Self::spawn) (a task).
+    ///
+    /// # Errors
+    ///
+    /// The OS refused to start a thread.
+    fn spawn_timer(&self, timer: BoxFuture) -> io::Result<()> {
+        self.spawn(timer)
+    }
+
+    /// The timer's wait: resolves at `deadline` on the driver's clock, and
+    /// — unlike [`until`](Self::until) on threads — never blocks the thread
+    /// that polls it, so that a waker can end it early. The default:
+    /// `until`, whose tokio and loom versions do not block.
+    fn timer_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + '_ {
+        self.until(Some(deadline))
+    }
 
     /// Ends every [`until`](Self::until) wait, now and later: shutdown
     /// drains without waiting out a pace or a backoff.

@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use super::{BoxFuture, Driver, Needs};
-use crate::sync::{thread, Arc, AtomicBool, Condvar, Mutex, Ordering};
+use crate::sync::{thread, thread_local_const, Arc, AtomicBool, Condvar, Mutex, Ordering};
 
 /// The blocking coalescer's driver: runner threads.
 #[derive(Debug)]
@@ -191,6 +191,19 @@ impl Driver for Threads {
 
     fn has_timers(&self) -> bool {
         true
+    }
+
+    /// The timer of delayed requests gets a thread of its own (with or
+    /// without a pool: a pool thread must never block), driven by
+    /// [`block_on_timer`].
+    fn spawn_timer(&self, timer: BoxFuture) -> io::Result<()> {
+        start_thread(&self.entries, "coalescer-delays", move |_| {
+            block_on_timer(timer);
+        })
+    }
+
+    fn timer_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + '_ {
+        TimerWait { deadline }
     }
 
     /// Without a pool: blocks (the future is ready when polled) until
@@ -602,6 +615,70 @@ impl PoolTask {
             *run = Run::Parked(runner);
             return;
         }
+    }
+}
+
+thread_local_const! {
+    /// On the timer thread: the deadline its pending [`TimerWait`] waits for,
+    /// for [`block_on_timer`] to sleep until.
+    static WAKE_AT: std::cell::Cell<Option<Instant>> = std::cell::Cell::new(None);
+}
+
+/// [`Threads::timer_until`]: ready at `deadline`; pending before it, with
+/// the deadline left for [`block_on_timer`], which polls it.
+struct TimerWait {
+    deadline: Instant,
+}
+
+impl Future for TimerWait {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            return Poll::Ready(());
+        }
+        WAKE_AT.with(|at| at.set(Some(self.deadline)));
+        Poll::Pending
+    }
+}
+
+/// Drives the timer of delayed requests on this thread: between polls it
+/// sleeps until the deadline its [`TimerWait`] left, or until its waker is
+/// woken (an earlier deadline, or `close`).
+fn block_on_timer(timer: BoxFuture) {
+    /// The timer thread's wake-up: set and notified by the waker.
+    #[derive(Default)]
+    struct Alarm {
+        rung: Mutex<bool>,
+        ring: Condvar,
+    }
+
+    impl Wake for Alarm {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            *self.rung.lock() = true;
+            self.ring.notify_all();
+        }
+    }
+
+    let alarm = Arc::new(Alarm::default());
+    let waker = Waker::from(Arc::clone(&alarm));
+    let mut cx = Context::from_waker(&waker);
+    let mut timer = pin!(timer);
+    while timer.as_mut().poll(&mut cx) == Poll::Pending {
+        let until = WAKE_AT.with(std::cell::Cell::take);
+        let mut rung = alarm.rung.lock();
+        while !*rung {
+            let (guard, passed) = alarm.ring.wait_until(&alarm.rung, rung, until);
+            rung = guard;
+            if passed {
+                break;
+            }
+        }
+        *rung = false;
     }
 }
 

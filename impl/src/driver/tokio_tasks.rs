@@ -27,6 +27,9 @@ pub struct Tasks {
     /// Whether the runtime has the time driver (checked only if the
     /// builder asked for waits: `min_interval` or `retry`).
     timers: bool,
+    /// Whether the runtime has the time driver, for `request_after`: found
+    /// out at its first call (a coalescer that never delays never probes).
+    can_delay: std::sync::OnceLock<bool>,
     /// Set to `true` once, by `drain`.
     draining: watch::Sender<bool>,
     /// Set by `on_drop`: runners that see it begin no further cycle.
@@ -66,8 +69,7 @@ impl Tasks {
         if usable {
             // tokio panics when a timer is created on a runtime built without
             // the time driver; find out now, once, rather than in a runner.
-            let _context = handle.enter();
-            usable = std::panic::catch_unwind(|| drop(time::sleep(Duration::ZERO))).is_ok();
+            usable = probe_timers(&handle);
             if !usable {
                 tracing::error!(
                     target: "coalescer",
@@ -81,6 +83,7 @@ impl Tasks {
             set: Mutex::new(JoinSet::new()),
             drainers: Arc::default(),
             timers: usable,
+            can_delay: std::sync::OnceLock::new(),
             draining: watch::channel(false).0,
             aborted: AtomicBool::new(false),
         }
@@ -131,6 +134,10 @@ impl Driver for Tasks {
         self.timers
     }
 
+    fn can_delay(&self) -> bool {
+        self.timers || *self.can_delay.get_or_init(|| probe_timers(&self.handle))
+    }
+
     fn clock(&self) -> fn() -> Instant {
         || time::Instant::now().into_std()
     }
@@ -159,6 +166,12 @@ impl Driver for Tasks {
 
     fn drain(&self) {
         self.draining.send_replace(true);
+    }
+
+    /// A tokio sleep (the caller checked `can_delay`: the runtime has the
+    /// time driver, whatever the builder asked for).
+    async fn timer_until(&self, deadline: Instant) {
+        time::sleep_until(deadline.into()).await;
     }
 
     async fn sleep_until(&self, deadline: Instant) {
@@ -192,6 +205,13 @@ impl Driver for Tasks {
         self.aborted.store(true, Ordering::Release);
         self.set.lock().abort_all();
     }
+}
+
+/// Whether `handle`'s runtime has the time driver (tokio panics when a timer
+/// is created on one without it).
+fn probe_timers(handle: &Handle) -> bool {
+    let _context = handle.enter();
+    std::panic::catch_unwind(|| drop(time::sleep(Duration::ZERO))).is_ok()
 }
 
 /// `f`'s output, or `None` if `timeout` (on tokio's clock) passes first. On
