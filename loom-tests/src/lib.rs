@@ -448,6 +448,16 @@ where
         admission
     }
 
+    /// `request_after`, recorded as a request that does not wait: the
+    /// oracle's rules for it are a plain request's (it is covered by the
+    /// first cycle of its key that begins after its step, INV-13).
+    pub fn request_after(&self, key: u8, delay: Duration) -> Result<Admission, Closed> {
+        let request = self.tape.invoke(key, false);
+        let admission = self.inner().request_after(key, delay);
+        self.tape.admitted(request, admission);
+        admission
+    }
+
     /// `request_and_wait`, recorded.
     pub fn request_and_wait(&self, key: u8) -> Result<O::Value, RunError<O::Error>> {
         let request = self.tape.invoke(key, true);
@@ -472,6 +482,14 @@ impl Recorded<coalescer::Coalescer<u8, Fixed>> {
     pub fn request(&self, key: u8) -> Result<Admission, Closed> {
         let request = self.tape.invoke(key, false);
         let admission = self.inner().request(key);
+        self.tape.admitted(request, admission);
+        admission
+    }
+
+    /// `request_after`, recorded (see the blocking version).
+    pub fn request_after(&self, key: u8, delay: Duration) -> Result<Admission, Closed> {
+        let request = self.tape.invoke(key, false);
+        let admission = self.inner().request_after(key, delay);
         self.tape.admitted(request, admission);
         admission
     }
