@@ -37,6 +37,8 @@ join-partition-acquire-relaxed|impl/src/driver/threads.rs|e.finished.load(Orderi
 aborted-release-relaxed|impl/src/driver/loom_tasks.rs|self.aborted.store(true, Ordering::Release)|self.aborted.store(true, Ordering::Relaxed)
 aborted-acquire-relaxed|impl/src/driver/loom_tasks.rs|self.aborted.load(Ordering::Acquire)|self.aborted.load(Ordering::Relaxed)
 retired-release-relaxed|impl/src/driver/threads.rs|retired.store(true, Ordering::Release)|retired.store(true, Ordering::Relaxed)
+touch-acqrel-acquire|impl/src/slot.rs|self.state.fetch_or(0, Ordering::AcqRel)|self.state.fetch_or(0, Ordering::Acquire)
+unless-begun-acqrel-acquire|impl/src/slot.rs|.fetch_update(Ordering::AcqRel, Ordering::Acquire,|.fetch_update(Ordering::Acquire, Ordering::Acquire,
 LIST
 )
 
