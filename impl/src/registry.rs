@@ -456,9 +456,7 @@ where
                         self.delays.cancel(later, record.number);
                     }
                     record.deadline = Some(earlier);
-                    if self.delays.schedule(earlier, record.number, hash) && !start_timer() {
-                        self.delays.not_timing();
-                    }
+                    self.schedule(earlier, record.number, hash, start_timer);
                 }
                 return Ok(admission);
             }
@@ -478,13 +476,26 @@ where
             |d| d.hash,
         );
         if let Some(deadline) = deadline {
-            if self.delays.schedule(deadline, number, hash) && !start_timer() {
-                self.delays.not_timing();
-            }
+            self.schedule(deadline, number, hash, start_timer);
         }
         drop(map);
         drop_contained(stale, "a key");
         Ok(admission)
+    }
+
+    /// Queues record `number` for `deadline`, starting the timer with
+    /// `start_timer` if it is not running (if it cannot start, the next
+    /// record tries again).
+    fn schedule(
+        &self,
+        deadline: Instant,
+        number: u64,
+        hash: u64,
+        start_timer: impl FnOnce() -> bool,
+    ) {
+        if self.delays.schedule(deadline, number, hash) && !start_timer() {
+            self.delays.not_timing();
+        }
     }
 
     /// Record `number` of a key with hash `hash` has fallen due (the timer
@@ -531,7 +542,7 @@ where
         // would have covered and removed the record; if one is there anyway,
         // the request joins it.)
         if let Some(entry) = map.find(record.hash, |e| e.key == record.key) {
-            if entry.slot.request() != crate::state::Requested::Dead {
+            if entry.slot.request() != state::Requested::Dead {
                 return Due::Done(map, record);
             }
         }

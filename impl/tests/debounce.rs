@@ -6,36 +6,18 @@
 //! every instant is exact; the blocking ones assert counts only.
 #![cfg(not(loom))]
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use coalescer::{blocking, Coalescer};
+use common::{logged, Log};
 use tokio::time::{sleep_until, Instant};
 
 const MS: Duration = Duration::from_millis(1);
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// Per cycle: its key, and when it began (ms after `t0`).
-type Log = Arc<Mutex<Vec<(u32, u128)>>>;
-
-/// An async coalescer with `configure`d options whose cycles log their key
-/// and start (in ms after `t0`) and last `cycle` each.
-fn logged(
-    t0: Instant,
-    cycle: Duration,
-    configure: impl FnOnce(coalescer::Builder<u32>) -> coalescer::Builder<u32>,
-) -> (Coalescer<u32>, Log) {
-    let log = Log::default();
-    let l = Arc::clone(&log);
-    let c = configure(Coalescer::builder()).build(move |key: u32| {
-        l.lock()
-            .unwrap()
-            .push((key, (Instant::now() - t0).as_millis()));
-        tokio::time::sleep(cycle)
-    });
-    (c, log)
-}
 
 /// Requests `key` at each of `at` (ms after `t0`).
 async fn request_at<O: coalescer::CycleOutput>(

@@ -17,7 +17,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use super::{BoxFuture, Driver, Needs};
-use crate::sync::{thread, thread_local_const, Arc, AtomicBool, Condvar, Mutex, Ordering};
+use crate::sync::{
+    thread, thread_local_const, Arc, AtomicBool, Condvar, Mutex, MutexGuard, Ordering,
+};
 
 /// The blocking coalescer's driver: runner threads.
 #[derive(Debug)]
@@ -215,14 +217,7 @@ impl Driver for Threads {
         if let Some(pool) = &self.pool {
             return Until::Timer { pool, deadline };
         }
-        let mut draining = self.draining.lock();
-        while !*draining {
-            let (guard, passed) = self.wake.wait_until(&self.draining, draining, deadline);
-            draining = guard;
-            if passed {
-                break;
-            }
-        }
+        drop(wait_for_flag(&self.draining, &self.wake, deadline));
         Until::Passed
     }
 
@@ -618,6 +613,24 @@ impl PoolTask {
     }
 }
 
+/// Waits on `cv` until `flag` is set or `deadline` passes (`None`: until
+/// the flag is set); the flag's guard.
+fn wait_for_flag<'a>(
+    flag: &'a Mutex<bool>,
+    cv: &Condvar,
+    deadline: Option<Instant>,
+) -> MutexGuard<'a, bool> {
+    let mut set = flag.lock();
+    while !*set {
+        let (guard, passed) = cv.wait_until(flag, set, deadline);
+        set = guard;
+        if passed {
+            break;
+        }
+    }
+    set
+}
+
 thread_local_const! {
     /// On the timer thread: the deadline its pending [`TimerWait`] waits for,
     /// for [`block_on_timer`] to sleep until.
@@ -670,15 +683,7 @@ fn block_on_timer(timer: BoxFuture) {
     let mut timer = pin!(timer);
     while timer.as_mut().poll(&mut cx) == Poll::Pending {
         let until = WAKE_AT.with(std::cell::Cell::take);
-        let mut rung = alarm.rung.lock();
-        while !*rung {
-            let (guard, passed) = alarm.ring.wait_until(&alarm.rung, rung, until);
-            rung = guard;
-            if passed {
-                break;
-            }
-        }
-        *rung = false;
+        *wait_for_flag(&alarm.rung, &alarm.ring, until) = false;
     }
 }
 

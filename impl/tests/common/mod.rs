@@ -38,3 +38,27 @@ macro_rules! on_both_runtimes {
         }
     )*};
 }
+
+/// Per cycle: its key, and when it began (ms after `t0`), for the tests on
+/// tokio's paused clock (`debounce.rs`, `delayed.rs`).
+#[allow(dead_code, reason = "only the paused-clock test files log cycles")]
+pub(crate) type Log = std::sync::Arc<std::sync::Mutex<Vec<(u32, u128)>>>;
+
+/// An async coalescer with `configure`d options whose cycles log their key
+/// and start (in ms after `t0`) and last `cycle` each.
+#[allow(dead_code, reason = "only the paused-clock test files log cycles")]
+pub(crate) fn logged(
+    t0: tokio::time::Instant,
+    cycle: std::time::Duration,
+    configure: impl FnOnce(coalescer::Builder<u32>) -> coalescer::Builder<u32>,
+) -> (coalescer::Coalescer<u32>, Log) {
+    let log = Log::default();
+    let l = std::sync::Arc::clone(&log);
+    let c = configure(coalescer::Coalescer::builder()).build(move |key: u32| {
+        l.lock()
+            .unwrap()
+            .push((key, (tokio::time::Instant::now() - t0).as_millis()));
+        tokio::time::sleep(cycle)
+    });
+    (c, log)
+}
