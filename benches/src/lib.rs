@@ -84,7 +84,7 @@ pub struct Held<K, O: CycleOutput = ()> {
 
 impl<K> Held<K>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + std::fmt::Debug + 'static,
 {
     /// Holds every key in `keys` running.
     pub fn new(keys: &[K]) -> Self {
@@ -108,7 +108,7 @@ where
 
 impl<K> Held<K, Result<(), String>>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + std::fmt::Debug + 'static,
 {
     /// The same, with fallible cycles and a retry policy: what a request
     /// costs when the coalescer retries.
@@ -126,7 +126,7 @@ where
 
 impl<K, O> Held<K, O>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + std::fmt::Debug + 'static,
     O: CycleOutput,
 {
     /// Builds with `build` (given the default builder and a cycle that

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::completion::Completion;
 use crate::context::CycleContext;
 use crate::driver::{within, Tasks};
-use crate::error::{RunError, StillRunning};
+use crate::error::{Admission, RunError, StillRunning};
 use crate::output::{Answer, CycleOutput};
 use crate::retry::{FailureHook, NoHook, NoRetry, RetryPolicy};
 use crate::runner::in_cycle_owned_by;
@@ -36,6 +36,12 @@ use crate::sync::Arc;
 ///   runner tasks: a running cycle is cancelled at its next `.await`, no
 ///   runner begins another cycle once it sees the abort, and every
 ///   `request_and_wait` still waiting gets [`RunError::Aborted`].
+/// - Dropped from inside one of its own cycles (its last owner moved into a
+///   cycle, say), it is the same drop: the calling cycle too is cancelled at
+///   its next `.await`, with every other, and their waiters get
+///   [`RunError::Aborted`]. A cycle that requests keys should hold a
+///   [`Requester`] instead ([`Builder::build_cyclic`](type.Builder.html#method.build_cyclic)): it never owns the
+///   coalescer, so it cannot drop it.
 ///
 /// ```
 /// # if coalescer::__LOOM_BUILD { return; }
@@ -56,7 +62,37 @@ pub type Coalescer<K, S = RandomState, O = ()> = shell::Coalescer<K, S, Tasks, O
 /// Builds a [`Coalescer`] with options.
 pub type Builder<K, S = RandomState, P = NoRetry, H = NoHook> = shell::Builder<K, S, Tasks, P, H>;
 
-shell::front_end!(Coalescer, Builder);
+/// A handle that requests cycles of a [`Coalescer`] without owning it:
+/// [`Coalescer::handle`](type.Coalescer.html#method.handle) makes one.
+///
+/// Cheap to clone (one reference count) and `Send + Sync`: give it to a
+/// service's handlers (axum state, say) or to the coalescer's own cycles
+/// ([`Builder::build_cyclic`](type.Builder.html#method.build_cyclic)). It has the request verbs — `request`,
+/// `request_and_wait`, `request_after` — and no `shutdown`: the coalescer's
+/// owner decides when it ends. It does not keep the coalescer alive: once
+/// the coalescer is shut down or dropped, every request through it is
+/// rejected with [`Closed`](crate::Closed) ([`RunError::Closed`] for
+/// `request_and_wait`).
+///
+/// ```
+/// # if coalescer::__LOOM_BUILD { return; }
+/// # coalescer::__doc_block_on(async {
+/// use coalescer::{Closed, Coalescer};
+///
+/// let restarts = Coalescer::new(|workspace: u64| async move {
+///     let _ = workspace; // restart it
+/// });
+/// let handle = restarts.handle();
+/// let for_a_task = handle.clone();
+/// for_a_task.request(7).unwrap();
+/// handle.request_and_wait(7).await.unwrap();
+/// restarts.shutdown().await;
+/// assert_eq!(handle.request(7), Err(Closed));
+/// # });
+/// ```
+pub type Requester<K, S = RandomState, O = ()> = shell::Requester<K, S, Tasks, O>;
+
+shell::front_end!(Coalescer, Builder, Requester);
 
 impl<K, S, P, H> Builder<K, S, P, H> {
     /// Runs the runner tasks on `handle`'s runtime instead of the current one.
@@ -106,16 +142,62 @@ impl<K, S, P, H> Builder<K, S, P, H> {
         P: RetryPolicy<K, O::Error>,
         H: FailureHook<K, O::Error>,
     {
-        self.finish(
-            Tasks::new,
-            Box::new(move |key: &K, context| Box::pin(cycle(key.clone(), context))),
-        )
+        self.build_cyclic(|_| cycle)
+    }
+
+    /// Builds the coalescer as
+    /// [`build_with_context`](Self::build_with_context) does, with the
+    /// cycle function that `make` returns when given a [`Requester`] of
+    /// the coalescer being built: a cycle can request keys of its own
+    /// coalescer — other keys (a cascade), or its own key again — with no
+    /// `Arc` around the coalescer and no `OnceLock`.
+    ///
+    /// ```
+    /// # if coalescer::__LOOM_BUILD { return; }
+    /// # coalescer::__doc_block_on(async {
+    /// use coalescer::Builder;
+    ///
+    /// // Restarting a workspace first restarts the one it depends on.
+    /// let restarts = Builder::new().build_cyclic(|restarts| {
+    ///     move |workspace: u64, _| {
+    ///         let restarts = restarts.clone();
+    ///         async move {
+    ///             if workspace < 3 {
+    ///                 restarts.request_and_wait(workspace + 1).await.unwrap();
+    ///             }
+    ///         }
+    ///     }
+    /// });
+    /// restarts.request_and_wait(1).await.unwrap(); // 3, then 2, then 1
+    /// assert_eq!(restarts.stats().cycles, 3);
+    /// restarts.shutdown().await;
+    /// # });
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`build`](Self::build).
+    pub fn build_cyclic<M, F, Fut, O>(self, make: M) -> Coalescer<K, S, O>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        S: BuildHasher + Send + Sync + 'static,
+        M: FnOnce(Requester<K, S, O>) -> F,
+        F: Fn(K, CycleContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = O> + Send + 'static,
+        O: CycleOutput,
+        P: RetryPolicy<K, O::Error>,
+        H: FailureHook<K, O::Error>,
+    {
+        self.finish(Tasks::new, |requester| {
+            let cycle = make(requester);
+            Box::new(move |key: &K, context| Box::pin(cycle(key.clone(), context)))
+        })
     }
 }
 
 impl<K, O> Coalescer<K, RandomState, O>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + fmt::Debug + 'static,
     O: CycleOutput,
 {
     /// A coalescer on the current tokio runtime with the default options;
@@ -170,7 +252,7 @@ where
         O::Value: Clone,
     {
         Wait {
-            completion: self.request_waiting(key).map(|(_, completion)| completion),
+            completion: self.shared.request_waiting(key),
         }
     }
 
@@ -216,6 +298,29 @@ where
     }
 }
 
+impl<K, S, O> Requester<K, S, O>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    O: CycleOutput,
+{
+    /// Requests a cycle of `key` and waits for it, as
+    /// [`Coalescer::request_and_wait`](type.Coalescer.html#method.request_and_wait)
+    /// does; the future resolves to [`RunError::Closed`] once the
+    /// coalescer is shut down, dropped or gone.
+    pub fn request_and_wait(&self, key: K) -> Wait<O>
+    where
+        O::Value: Clone,
+    {
+        Wait {
+            completion: match self.shared() {
+                Some(shared) => shared.request_waiting(key),
+                None => Err(RunError::Closed),
+            },
+        }
+    }
+}
+
 /// The future returned by
 /// [`Coalescer::request_and_wait`](type.Coalescer.html#method.request_and_wait): resolves when the
 /// cycle covering the request has ended, with that cycle's value (a cycle
@@ -224,7 +329,20 @@ where
 #[must_use = "the request is made either way; await this to learn how its cycle ended"]
 pub struct Wait<O: CycleOutput = ()> {
     #[allow(clippy::type_complexity, reason = "one field, named in full once")]
-    completion: Result<Arc<Completion<Answer<O>>>, RunError<O::Error>>,
+    completion: Result<(Admission, Arc<Completion<Answer<O>>>), RunError<O::Error>>,
+}
+
+impl<O: CycleOutput> Wait<O> {
+    /// How the request was admitted: [`Admission::Started`] (it started
+    /// the key's runner) or [`Admission::Coalesced`] (it folded into the
+    /// next cycle of an active one); `None` if it was rejected (the future
+    /// then resolves to that error). Known as soon as the request was made.
+    pub fn admission(&self) -> Option<Admission> {
+        self.completion
+            .as_ref()
+            .ok()
+            .map(|(admission, _)| *admission)
+    }
 }
 
 impl<O: CycleOutput> Future for Wait<O>
@@ -236,7 +354,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &self.completion {
             Err(e) => Poll::Ready(Err(e.clone())),
-            Ok(completion) => completion.poll_wait(cx),
+            Ok((_, completion)) => completion.poll_wait(cx),
         }
     }
 }
@@ -244,12 +362,14 @@ where
 impl<O: CycleOutput> fmt::Debug for Wait<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wait")
-            .field("accepted", &self.completion.is_ok())
+            .field("admission", &self.admission())
             .finish()
     }
 }
 
 static_assertions::assert_impl_all!(Coalescer<u64>: Send, Sync);
+static_assertions::assert_impl_all!(Requester<u64>: Send, Sync, Clone);
+static_assertions::assert_impl_all!(Requester<String, RandomState, Result<String, std::io::Error>>: Send, Sync, Clone);
 static_assertions::assert_impl_all!(Builder<u64>: Send);
 static_assertions::assert_impl_all!(Coalescer<String>: Send, Sync);
 static_assertions::assert_impl_all!(Wait: Send, Sync, Unpin);

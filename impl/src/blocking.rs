@@ -23,7 +23,13 @@ use crate::shell;
 ///
 /// Dropping the coalescer shuts it down ([`shutdown`](#method.shutdown)): like
 /// [`std::thread::scope`], it joins every thread it started, so no cycle
-/// runs after it is gone.
+/// runs after it is gone. Dropped from inside one of its own cycles (its
+/// last owner moved into a cycle), it shuts down from there, as
+/// `shutdown` does: it closes and joins every other runner; the calling
+/// cycle then runs on to its end, and its runner thread, which cannot join
+/// itself, finishes its key's pending cycles and exits on its own. A cycle
+/// that requests keys should hold a [`Requester`] instead
+/// ([`Builder::build_cyclic`](type.Builder.html#method.build_cyclic)), which cannot drop the coalescer.
 ///
 /// ```
 /// # if coalescer::__LOOM_BUILD { return; }
@@ -46,7 +52,19 @@ pub type Coalescer<K, S = RandomState, O = ()> = shell::Coalescer<K, S, Threads,
 /// Builds a [`Coalescer`] with options.
 pub type Builder<K, S = RandomState, P = NoRetry, H = NoHook> = shell::Builder<K, S, Threads, P, H>;
 
-shell::front_end!(Coalescer, Builder);
+/// A handle that requests cycles of a [`Coalescer`] without owning it:
+/// [`Coalescer::handle`](type.Coalescer.html#method.handle) makes one.
+///
+/// Cheap to clone (one reference count) and `Send + Sync`: give it to other
+/// threads or to the coalescer's own cycles ([`Builder::build_cyclic`](type.Builder.html#method.build_cyclic)). It
+/// has the request verbs — `request`, `request_and_wait`, `request_after` —
+/// and no `shutdown`. It does not keep the coalescer alive: once the
+/// coalescer is shut down or dropped, every request through it is rejected
+/// with [`Closed`](crate::Closed) ([`RunError::Closed`] for
+/// `request_and_wait`).
+pub type Requester<K, S = RandomState, O = ()> = shell::Requester<K, S, Threads, O>;
+
+shell::front_end!(Coalescer, Builder, Requester);
 
 impl<K, S, P, H> Builder<K, S, P, H> {
     /// Builds the coalescer; `cycle` is run for a key each time a cycle of
@@ -76,17 +94,52 @@ impl<K, S, P, H> Builder<K, S, P, H> {
         P: RetryPolicy<K, O::Error>,
         H: FailureHook<K, O::Error>,
     {
+        self.build_cyclic(|_| cycle)
+    }
+
+    /// Builds the coalescer as
+    /// [`build_with_context`](Self::build_with_context) does, with the
+    /// cycle function that `make` returns when given a [`Requester`] of
+    /// the coalescer being built: a cycle can request keys of its own
+    /// coalescer (other keys, or its own again) with no `Arc` around the
+    /// coalescer and no `OnceLock`.
+    ///
+    /// ```
+    /// # if coalescer::__LOOM_BUILD { return; }
+    /// use coalescer::blocking::Builder;
+    ///
+    /// // Restarting a workspace first restarts the one it depends on.
+    /// let restarts = Builder::new().build_cyclic(|restarts| {
+    ///     move |workspace: &u64, _: &_| {
+    ///         if *workspace < 3 {
+    ///             restarts.request_and_wait(workspace + 1).unwrap();
+    ///         }
+    ///     }
+    /// });
+    /// restarts.request_and_wait(1).unwrap(); // 3, then 2, then 1
+    /// assert_eq!(restarts.stats().cycles, 3);
+    /// ```
+    pub fn build_cyclic<M, F, O>(self, make: M) -> Coalescer<K, S, O>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        S: BuildHasher + Send + Sync + 'static,
+        M: FnOnce(Requester<K, S, O>) -> F,
+        F: Fn(&K, &CycleContext) -> O + Send + Sync + 'static,
+        O: CycleOutput,
+        P: RetryPolicy<K, O::Error>,
+        H: FailureHook<K, O::Error>,
+    {
         // The cycle runs inside the call; its future is ready at once.
-        self.finish(
-            Threads::new,
-            Box::new(move |key: &K, context| Box::pin(std::future::ready(cycle(key, &context)))),
-        )
+        self.finish(Threads::new, |requester| {
+            let cycle = make(requester);
+            Box::new(move |key: &K, context| Box::pin(std::future::ready(cycle(key, &context))))
+        })
     }
 }
 
 impl<K, O> Coalescer<K, RandomState, O>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + std::fmt::Debug + 'static,
     O: CycleOutput,
 {
     /// A coalescer with the default options that runs `cycle` for a key each
@@ -131,7 +184,7 @@ where
     where
         O::Value: Clone,
     {
-        let (_, completion) = self.request_waiting(key)?;
+        let (_, completion) = self.shared.request_waiting(key)?;
         completion.wait()
     }
 
@@ -176,8 +229,40 @@ where
     }
 }
 
+impl<K, S, O> Requester<K, S, O>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    O: CycleOutput,
+{
+    /// Requests a cycle of `key` and blocks until it has ended, as
+    /// [`Coalescer::request_and_wait`](type.Coalescer.html#method.request_and_wait)
+    /// does.
+    ///
+    /// # Errors
+    ///
+    /// As `Coalescer::request_and_wait`; [`RunError::Closed`] once the
+    /// coalescer is shut down, dropped or gone.
+    ///
+    /// # Panics
+    ///
+    /// As `Coalescer::request`.
+    pub fn request_and_wait(&self, key: K) -> Result<O::Value, RunError<O::Error>>
+    where
+        O::Value: Clone,
+    {
+        let shared = self.shared().ok_or(RunError::Closed)?;
+        let (_, completion) = shared.request_waiting(key)?;
+        // Not holding the coalescer's state while blocked: the handle does
+        // not keep it alive.
+        drop(shared);
+        completion.wait()
+    }
+}
+
 static_assertions::assert_impl_all!(Coalescer<u64>: Send, Sync);
 static_assertions::assert_impl_all!(Coalescer<String>: Send, Sync);
+static_assertions::assert_impl_all!(Requester<u64>: Send, Sync, Clone);
 
 // Not under loom, whose primitives work only inside a model (the loom
 // models of this front end are in `loom-tests/`).

@@ -41,6 +41,12 @@
 //! - [`blocking::Coalescer`]: cycles run on threads the coalescer owns and
 //!   joins (`shutdown` and `Drop` both drain).
 //!
+//! Each has a [`Requester`] ([`blocking::Requester`]), from `handle()`: a
+//! cheap `Clone + Send + Sync` handle with the request verbs and no
+//! `shutdown`, which does not keep the coalescer alive — for a service's
+//! handlers, and, through `Builder::build_cyclic`, for the coalescer's own
+//! cycles.
+//!
 //! ```
 //! # if coalescer::__LOOM_BUILD { return; }
 //! # coalescer::__doc_block_on(async {
@@ -57,17 +63,24 @@
 //! # });
 //! ```
 //!
-//! # Tracing
+//! # Tracing and metrics
 //!
-//! Events have target `coalescer`: `debug` events with the messages
-//! `started` (a request started a runner), `coalesced` (a request was folded
-//! into an active runner) and `reclaimed` (an idle key's slot was removed);
-//! a `warn` event `cycle failed` for a cycle that returned an error, and
-//! `cycle timed out` for one past its timeout, each with the field `attempt`
-//! (unless a failure hook replaces them: `Builder::failure_hook`); an
-//! `error` event for a panicking cycle, with the field `panic_message`; with
-//! a retry policy, a `debug` event `retrying` and a `warn` event `gave up
-//! retrying`, each with the field `failures` (consecutive failures so far).
+//! Each cycle runs inside a `tracing` span (target `coalescer`, name
+//! `cycle`) with the coalescer's name (`Builder::name`), the key, the
+//! cycle's number and its attempt, closed with its `outcome` and
+//! `duration_seconds`. Events — `started`, `coalesced`, `delayed`,
+//! `reclaimed` (`debug`); `cycle failed`, `cycle timed out`, `gave up
+//! retrying` (`warn`); `retrying` (`debug`); `cycle panicked` (`error`) —
+//! carry the fields `coalescer` and `key`. Keys print with `Debug`
+//! (`Builder::new` needs `K: Debug`; for a key type without it,
+//! `Builder::opaque_keys` shows keys as `_`). The failure and panic hooks
+//! replace the failure and panic events.
+//!
+//! With the cargo feature `metrics` (on by default), a family of metrics in
+//! the shape of client-go's workqueue metrics goes through the `metrics`
+//! facade to whatever exporter the program installs; the coalesced request
+//! path records none of them. `docs/metrics.md` lists each metric and when
+//! it is recorded.
 #![forbid(unsafe_code)]
 
 mod completion;
@@ -77,6 +90,7 @@ mod driver;
 mod error;
 mod limit;
 mod memo;
+mod meter;
 mod output;
 mod padded;
 mod panic;
@@ -88,6 +102,7 @@ mod slot;
 mod state;
 mod stats;
 mod sync;
+mod trace;
 
 mod asynchronous;
 pub mod blocking;
@@ -97,7 +112,7 @@ pub mod blocking;
 #[cfg(all(test, loom))]
 mod loom_models;
 
-pub use asynchronous::{Builder, Coalescer, Wait};
+pub use asynchronous::{Builder, Coalescer, Requester, Wait};
 pub use context::CycleContext;
 pub use error::{Admission, Closed, RunError, StillRunning};
 pub use output::CycleOutput;

@@ -4,6 +4,8 @@ use std::any::Any;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::trace::Names;
+
 /// What a panic hook is told about a cycle that panicked.
 ///
 /// The hook runs on the runner, after the panic was caught and before the
@@ -49,30 +51,36 @@ pub(crate) fn payload_message(payload: &(dyn Any + Send)) -> Option<&str> {
 /// A panic hook: called exactly once per panicking cycle.
 pub(crate) type PanicHook<K> = Box<dyn Fn(&PanicReport<'_, K>) + Send + Sync>;
 
-/// The default hook: one `tracing` error event.
-///
-/// Target `coalescer`, field `panic_message` (the message, or
-/// `"<non-string panic payload>"`).
-pub(crate) fn default_hook<K>() -> PanicHook<K> {
-    Box::new(|report: &PanicReport<'_, K>| {
-        tracing::error!(
-            target: "coalescer",
-            panic_message = report.message().unwrap_or("<non-string panic payload>"),
-            "cycle panicked; the key stays usable and requests that arrived during it get their follow-up cycle"
-        );
-    })
-}
-
-/// Reports `payload` to `hook` once, then disposes of it, containing any
+/// Reports `payload` once — to `hook`, or without one as a `tracing` error
+/// event (target `coalescer`, with the coalescer's name, the key as
+/// `names` prints it, and `panic_message`: the message, or
+/// `"<non-string panic payload>"`) — then disposes of it, containing any
 /// panic from the hook itself or from the payload's `Drop`: a runner must
 /// survive whatever a user's code throws at it.
-pub(crate) fn report<K>(hook: &PanicHook<K>, key: &K, payload: Box<dyn Any + Send>) {
+pub(crate) fn report<K>(
+    hook: Option<&PanicHook<K>>,
+    names: &Names<K>,
+    key: &K,
+    payload: Box<dyn Any + Send>,
+) {
     let report = PanicReport {
         key,
         payload: &*payload,
     };
-    if let Err(hook_panic) = catch_unwind(AssertUnwindSafe(|| hook(&report))) {
-        dispose(hook_panic);
+    match hook {
+        None => tracing::error!(
+            target: "coalescer",
+            coalescer = names.name(),
+            key = ?names.key(key),
+            panic_message = report.message().unwrap_or("<non-string panic payload>"),
+            "cycle panicked; the key stays usable and requests that arrived during it get their \
+             follow-up cycle"
+        ),
+        Some(hook) => {
+            if let Err(hook_panic) = catch_unwind(AssertUnwindSafe(|| hook(&report))) {
+                dispose(hook_panic);
+            }
+        }
     }
     dispose(payload);
 }

@@ -37,6 +37,7 @@ use crate::slot::{DelayedRequest, MarkedRequest, Slot, Ticks};
 use crate::state;
 use crate::stats::Counters;
 use crate::sync::{Arc, AtomicBool, Ordering, PerThread, RwLock, RwLockWriteGuard, StatCounter};
+use crate::trace::Names;
 
 /// One active key: its hash (computed once, at admission), the key, and its
 /// slot.
@@ -169,6 +170,8 @@ pub(crate) struct Registry<K, S, A> {
     ticks: Option<Ticks>,
     /// The timer queue of the delayed requests in the shards.
     delays: Delays,
+    /// The coalescer's name and how its keys print, for the events.
+    pub(crate) names: Names<K>,
 }
 
 /// The most shards a registry has, whatever the builder was asked for.
@@ -331,7 +334,7 @@ where
             match hit.slot.request_marked(&hit.mark) {
                 MarkedRequest::Covered => {
                     memo.count();
-                    tracing::debug!(target: "coalescer", "coalesced");
+                    self.coalesced_event(key);
                     Some(Ok(Admitted::Joined(())))
                 }
                 MarkedRequest::SlotDead => {
@@ -367,6 +370,7 @@ where
             }
         };
         if let Some((covered, remember)) = joined {
+            self.coalesced_event(&key);
             if let Some(slot) = remember {
                 self.remember(key, slot);
             }
@@ -381,6 +385,7 @@ where
         // Someone may have created a fresh slot since we looked.
         if let Some(e) = map.find(hash, |e| e.key == key) {
             if let Some(covered) = J::join(&e.slot)? {
+                self.coalesced_event(&key);
                 return Ok(coalesced(shard, covered));
             }
         }
@@ -429,6 +434,13 @@ where
         if self.is_closed() {
             return Err(Refused::Closed);
         }
+        // Accepted, whichever way it goes below.
+        tracing::debug!(
+            target: "coalescer",
+            coalescer = self.names.name(),
+            key = ?self.names.key(&key),
+            "delayed"
+        );
         let since = match map.find(hash, |e| e.key == key) {
             Some(entry) => {
                 let seen = entry.slot.touch();
@@ -638,7 +650,15 @@ where
             memos: PerThread::new(),
             ticks: None,
             delays: Delays::default(),
+            names: Names::default(),
         }
+    }
+
+    /// The same registry, its events naming the coalescer and its keys as
+    /// `names` does.
+    pub(crate) fn naming(mut self, names: Names<K>) -> Self {
+        self.names = names;
+        self
     }
 
     /// The same registry, its slots stamping their requests with `ticks`
@@ -665,20 +685,6 @@ where
         (hash >> 32) as usize & self.mask
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
-        // ORDERING: Acquire pairs with the Release store in `close`: a
-        // request that happens-after `close` sees the flag. On the map paths
-        // it is read under a shard lock, whose hand-off with `close`'s barrier
-        // guarantees that a request that missed the flag finished before
-        // `close` returned (INV-5). On the memo path it is read before the
-        // mark is set; a request that misses it there can only fold into a
-        // slot whose runner is still live, which the drain waits for. A
-        // runner reads it as a retry begins (its last chance, in
-        // `runner::run`); a stale `false` there only allows one more retry,
-        // whose wait the drain cuts short.
-        self.closed.load(Ordering::Acquire)
-    }
-
     /// Called by a runner right after its slot went dead: removes the slot
     /// from the map, unless a requester already replaced it with a fresh one.
     ///
@@ -700,9 +706,16 @@ where
             map.shrink_to(target, |e| e.hash);
         }
         drop(map);
+        if let Some(entry) = &removed {
+            tracing::debug!(
+                target: "coalescer",
+                coalescer = self.names.name(),
+                key = ?self.names.key(&entry.key),
+                "reclaimed"
+            );
+        }
         // The key's `Drop`, outside the lock.
         drop_contained(removed, "a key");
-        tracing::debug!(target: "coalescer", "reclaimed");
     }
 
     /// The keys whose slot is live (a cycle running, pending or being paced).
@@ -742,6 +755,31 @@ fn shrink_target(len: usize, capacity: usize) -> Option<usize> {
 }
 
 impl<K, S, A> Registry<K, S, A> {
+    pub(crate) fn is_closed(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release store in `close`: a
+        // request that happens-after `close` sees the flag. On the map paths
+        // it is read under a shard lock, whose hand-off with `close`'s barrier
+        // guarantees that a request that missed the flag finished before
+        // `close` returned (INV-5). On the memo path it is read before the
+        // mark is set; a request that misses it there can only fold into a
+        // slot whose runner is still live, which the drain waits for. A
+        // runner reads it as a retry begins (its last chance, in
+        // `runner::run`); a stale `false` there only allows one more retry,
+        // whose wait the drain cuts short.
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The `debug` event of a request folded into an active runner.
+    #[inline]
+    fn coalesced_event(&self, key: &K) {
+        tracing::debug!(
+            target: "coalescer",
+            coalescer = self.names.name(),
+            key = ?self.names.key(key),
+            "coalesced"
+        );
+    }
+
     /// Sets the closed flag without the barrier of [`close`](Self::close):
     /// every admission from now on is rejected, with no promise about the
     /// ones in flight. For a coalescer that can no longer run anything (its
@@ -789,7 +827,6 @@ impl<K, S, A> Registry<K, S, A> {
 /// Counts a request folded into a live slot through the map, in its shard.
 fn coalesced<'a, K, C, A>(shard: &Shard<K, A>, covered: C) -> Admitted<'a, K, C, A> {
     Counters::bump(&shard.coalesced);
-    tracing::debug!(target: "coalescer", "coalesced");
     Admitted::Joined(covered)
 }
 

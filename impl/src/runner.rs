@@ -9,6 +9,8 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicU8;
 use std::task::{Context, Poll};
 
+use tracing::Instrument;
+
 use std::time::{Duration, Instant};
 
 use crate::completion::Completion;
@@ -16,6 +18,7 @@ use crate::context::{CycleContext, Stop};
 use crate::driver::Driver;
 use crate::error::RunError;
 use crate::limit::{Limit, Ticket};
+use crate::meter::{Meter, Sample};
 use crate::output::{Answer, CycleOutput};
 use crate::panic::{self, drop_contained, PanicHook};
 use crate::registry::Registry;
@@ -24,6 +27,7 @@ use crate::slot::{AfterCycle, Begun, Slot};
 use crate::state::Requested;
 use crate::stats::{Counters, Stats};
 use crate::sync::{thread_local_const, Arc};
+use crate::trace::Outcome;
 
 /// One cycle, as the runner awaits it.
 pub(crate) type CycleFuture<O> = Pin<Box<dyn Future<Output = O> + Send>>;
@@ -41,7 +45,8 @@ pub(crate) type Closer<K, S, D, O> = fn(&Arc<Shared<K, S, D, O>>);
 pub(crate) struct Shared<K, S, D, O: CycleOutput> {
     pub(crate) registry: Registry<K, S, Answer<O>>,
     pub(crate) counters: Counters,
-    pub(crate) hook: PanicHook<K>,
+    /// Told about every panicking cycle (`None`: a `tracing` event).
+    pub(crate) hook: Option<PanicHook<K>>,
     pub(crate) cycle: CycleFn<K, O>,
     /// A key's next cycle begins no earlier than this after its previous
     /// cycle began (`None`: no pacing, or no timers to pace with).
@@ -67,6 +72,8 @@ pub(crate) struct Shared<K, S, D, O: CycleOutput> {
     pub(crate) closer: Closer<K, S, D, O>,
     /// Whether `request_after` has said that it cannot wait (no timers).
     pub(crate) warned_no_timers: std::sync::atomic::AtomicBool,
+    /// The metrics (a unit struct without the `metrics` feature).
+    pub(crate) meter: Meter,
     pub(crate) driver: D,
 }
 
@@ -89,6 +96,32 @@ impl<K, S, D, O: CycleOutput> Shared<K, S, D, O> {
             .snapshot(self.registry.coalesced_count(), waiting as u64);
         stats.scheduled = self.registry.scheduled() as u64;
         stats
+    }
+
+    /// The metrics' sampled side, as of now (`scheduled` only if `all`: it
+    /// reads every shard).
+    pub(crate) fn sample(&self, all: bool) -> Sample {
+        let stats = self.counters.snapshot(
+            self.registry.coalesced_count(),
+            self.limit.as_ref().map_or(0, |limit| limit.waiting()) as u64,
+        );
+        Sample {
+            coalesced: stats.coalesced,
+            active: self.registry.active_keys() as u64,
+            running: stats.running,
+            waiting: stats.waiting,
+            scheduled: all.then(|| self.registry.scheduled() as u64),
+        }
+    }
+
+    /// Sets every sampled metric to its value now.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn publish_metrics(&self)
+    where
+        D: Driver,
+    {
+        self.meter
+            .sample(|| self.sample(true), || self.driver.now());
     }
 
     /// This coalescer's identity, for the own-cycle check.
@@ -138,7 +171,10 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
         begun: &mut Begun<Answer<O>>,
         result: Result<O, Stopped>,
         last_chance: bool,
+        ended: Ended,
     ) -> Then {
+        let span = ended.span.clone();
+        let _in_span = span.enter();
         let answer = match result {
             Ok(output) => output.into_result().map_err(|error| {
                 Counters::bump(&shared.counters.failures);
@@ -146,7 +182,12 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
             }),
             Err(Stopped::Panicked(payload)) => {
                 Counters::bump(&shared.counters.panics);
-                panic::report(&shared.hook, &self.key, payload);
+                panic::report(
+                    shared.hook.as_ref(),
+                    &shared.registry.names,
+                    &self.key,
+                    payload,
+                );
                 Err(RunError::Panicked)
             }
             Err(Stopped::TimedOut) => {
@@ -158,6 +199,16 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
             self.report(shared, error);
         }
         Counters::bump(&shared.counters.cycles);
+        ended.record(
+            &shared.meter,
+            match &answer {
+                Ok(_) => Outcome::Ok,
+                Err(RunError::Panicked) => Outcome::Panicked,
+                Err(RunError::TimedOut) => Outcome::TimedOut,
+                Err(_) => Outcome::Failed,
+            },
+        );
+        let names = &shared.registry.names;
         let waiting = begun.completion.take();
         match (&answer, &shared.retry) {
             (Ok(_), _) => self.failures = 0,
@@ -170,7 +221,15 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
                 };
                 if let Some(delay) = delay {
                     Counters::bump(&shared.counters.retries);
-                    tracing::debug!(target: "coalescer", failures = self.failures, "retrying");
+                    shared.meter.retried();
+                    tracing::debug!(
+                        target: "coalescer",
+                        coalescer = names.name(),
+                        key = ?names.key(&self.key),
+                        failures = self.failures,
+                        delay_seconds = delay.as_secs_f64(),
+                        "retrying"
+                    );
                     // The failed cycle covered nothing: its requests are
                     // owed to the retry, which the runner requests itself —
                     // the one cycle every request since the failed cycle
@@ -185,8 +244,11 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
                     return Then::Retry { delay };
                 }
                 Counters::bump(&shared.counters.give_ups);
+                shared.meter.gave_up();
                 tracing::warn!(
                     target: "coalescer",
+                    coalescer = names.name(),
+                    key = ?names.key(&self.key),
                     failures = self.failures,
                     "gave up retrying; the waiters get the last failure, and requests that \
                      arrived during it get their follow-up cycle"
@@ -208,8 +270,11 @@ impl<K: Hash + Eq + 'static, O: CycleOutput> Runner<K, O> {
                 RunError::TimedOut => "cycle timed out",
                 _ => "cycle failed",
             };
+            let names = &shared.registry.names;
             tracing::warn!(
                 target: "coalescer",
+                coalescer = names.name(),
+                key = ?names.key(&self.key),
                 attempt = self.failures,
                 "{what}; requests that arrived during it get their follow-up (or retry) cycle"
             );
@@ -331,6 +396,8 @@ struct Task<K: Hash + Eq, S: BuildHasher, D: Driver, O: CycleOutput> {
     /// With a concurrency limit: the ticket its key took when admission
     /// made it due, for the first cycle.
     ticket: Option<Ticket>,
+    /// When admission made the key due (taken by the first cycle).
+    admitted: Option<Instant>,
 }
 
 impl<K: Hash + Eq, S: BuildHasher, D: Driver, O: CycleOutput> Drop for Task<K, S, D, O> {
@@ -431,6 +498,7 @@ where
         polled: false,
         launch: launch.clone(),
         ticket,
+        admitted: Some(shared.driver.now()),
     };
     let runner = Box::pin(run(task));
     match (line, &shared.limit) {
@@ -472,6 +540,11 @@ where
                 debounce.wait(&this.shared, &this.runner.slot).await;
             }
         }
+        // Due now — or, for its first cycle, since admission made it due.
+        let due = match this.admitted.take() {
+            Some(admitted) if this.shared.debounce.is_none() => admitted,
+            _ => this.shared.driver.now(),
+        };
         // Due: with a limit, the key waits for a permit here, holding none
         // and absorbing requests meanwhile, in the order keys became due
         // (INV-11).
@@ -498,16 +571,21 @@ where
             && this.runner.failures > 0
             && this.shared.registry.is_closed();
         this.current.clone_from(&begun.completion);
-        let running = Running::start(&this.shared.counters);
-        let result = cycle(&this.shared, &this.runner).await;
-        drop(running);
+        let watch = Watch::start(&this.shared, &this.runner.key, this.runner.failures, due);
+        let result = cycle(&this.shared, &this.runner)
+            .instrument(watch.span())
+            .await;
+        let ended = watch.stop();
         // The permit goes back as soon as the cycle returns: the key's
         // follow-up or retry takes a new ticket, behind the keys waiting.
         drop(permit);
         this.current = None;
         let then = this
             .runner
-            .finish(&this.shared, &mut begun, result, last_chance);
+            .finish(&this.shared, &mut begun, result, last_chance, ended);
+        this.shared
+            .meter
+            .sample(|| this.shared.sample(false), || this.shared.driver.now());
         // The waits between cycles: the slot stays live meanwhile, so
         // requests fold into the one cycle that follows. Aborted here, the
         // guard abandons the slot as anywhere else.
@@ -602,20 +680,101 @@ fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-/// Counts a cycle as running (`Stats::running`) until dropped — however the
-/// cycle ends, an abort included.
-struct Running<'a>(&'a Counters);
+/// A cycle as the counters, the metrics and its span see it: counted as
+/// running (`Stats::running`) until stopped, however the cycle ends; dropped
+/// before it was stopped — its task aborted mid-cycle — it ends as aborted.
+struct Watch<'a, K, S, D: Driver, O: CycleOutput> {
+    shared: &'a Shared<K, S, D, O>,
+    /// Stopped (or dropped) once; `None` after.
+    cycle: Option<Ended>,
+    began: Instant,
+}
 
-impl<'a> Running<'a> {
-    fn start(counters: &'a Counters) -> Self {
-        Counters::bump(&counters.running);
-        Running(counters)
+/// A cycle that has returned (or was aborted), to record with its outcome.
+struct Ended {
+    /// The cycle's span (target `coalescer`, name `cycle`).
+    span: tracing::Span,
+    /// The cycle's number in its coalescer, from 1, in the order cycles began.
+    number: u64,
+    /// How long it ran (set when it stopped).
+    took: Duration,
+}
+
+impl<'a, K, S, D: Driver, O: CycleOutput> Watch<'a, K, S, D, O> {
+    /// A cycle of `key` begins, its `attempt` (consecutive failures before
+    /// it), its key due since `due`.
+    fn start(shared: &'a Shared<K, S, D, O>, key: &K, attempt: u32, due: Instant) -> Self {
+        Counters::bump(&shared.counters.running);
+        let number = Counters::next(&shared.counters.begun);
+        let began = shared.driver.now();
+        let names = &shared.registry.names;
+        let span = tracing::info_span!(
+            target: "coalescer",
+            "cycle",
+            coalescer = names.name(),
+            key = ?names.key(key),
+            cycle = number,
+            attempt,
+            outcome = tracing::field::Empty,
+            duration_seconds = tracing::field::Empty,
+        );
+        shared
+            .meter
+            .began(number, began, began.saturating_duration_since(due));
+        Watch {
+            shared,
+            cycle: Some(Ended {
+                span,
+                number,
+                took: Duration::ZERO,
+            }),
+            began,
+        }
+    }
+
+    /// The cycle's span, to poll the cycle in.
+    fn span(&self) -> tracing::Span {
+        self.cycle
+            .as_ref()
+            .map_or_else(tracing::Span::none, |ended| ended.span.clone())
+    }
+
+    /// The cycle returned: it no longer runs.
+    fn stop(mut self) -> Ended {
+        Counters::drop_one(&self.shared.counters.running);
+        let mut ended = self.cycle.take().expect("stopped once");
+        ended.took = self
+            .shared
+            .driver
+            .now()
+            .saturating_duration_since(self.began);
+        ended
     }
 }
 
-impl Drop for Running<'_> {
+impl<K, S, D: Driver, O: CycleOutput> Drop for Watch<'_, K, S, D, O> {
     fn drop(&mut self) {
-        Counters::drop_one(&self.0.running);
+        if let Some(mut ended) = self.cycle.take() {
+            // Never stopped: the cycle was cancelled mid-flight.
+            Counters::drop_one(&self.shared.counters.running);
+            Counters::bump(&self.shared.counters.aborted);
+            ended.took = self
+                .shared
+                .driver
+                .now()
+                .saturating_duration_since(self.began);
+            ended.record(&self.shared.meter, Outcome::Aborted);
+        }
+    }
+}
+
+impl Ended {
+    /// Records how the cycle ended, on its span and in the metrics.
+    fn record(self, meter: &Meter, outcome: Outcome) {
+        self.span.record("outcome", outcome.as_str());
+        self.span
+            .record("duration_seconds", self.took.as_secs_f64());
+        meter.ended(self.number, self.took, outcome);
     }
 }
 

@@ -16,8 +16,9 @@ use crate::completion::Completion;
 use crate::driver::{Driver, Needs};
 use crate::error::{Admission, Closed, RunError};
 use crate::limit::Limit;
+use crate::meter::Meter;
 use crate::output::{Answer, CycleOutput};
-use crate::panic::{self, PanicHook};
+use crate::panic::PanicHook;
 use crate::registry::{Admitted, Join, Refused, Registry, Vacant};
 use crate::retry::{FailureHook, NoHook, NoRetry, RetryPolicy};
 use crate::runner::{self, in_cycle_of, CycleFn, Debounce, Shared, StartError};
@@ -25,6 +26,8 @@ use crate::slot::{Slot, Ticks};
 use crate::state::Requested;
 use crate::stats::Counters;
 use crate::sync::Arc;
+use crate::trace::{Names, ShowKey};
+use std::sync::Weak;
 
 /// A per-key coalescer on driver `D` whose cycles return `O`; used as
 /// [`crate::Coalescer`] (tokio tasks) and [`crate::blocking::Coalescer`]
@@ -33,10 +36,51 @@ pub struct Coalescer<K, S, D: Driver, O: CycleOutput> {
     pub(crate) shared: Arc<Shared<K, S, D, O>>,
 }
 
+/// A handle that requests cycles of a coalescer on driver `D` but does not
+/// own it; used as [`crate::Requester`] and [`crate::blocking::Requester`],
+/// whose docs say what it does.
+pub struct Requester<K, S, D: Driver, O: CycleOutput> {
+    /// The coalescer's state, not kept alive by the handle: once it is gone
+    /// the handle's requests are rejected. (Its `Coalescer` closes it on
+    /// drop whatever handles exist; the runners hold it until they end.)
+    pub(crate) shared: Weak<Shared<K, S, D, O>>,
+}
+
+impl<K, S, D: Driver, O: CycleOutput> Requester<K, S, D, O> {
+    /// The coalescer's state, if it still exists.
+    pub(crate) fn shared(&self) -> Option<Arc<Shared<K, S, D, O>>> {
+        self.shared.upgrade()
+    }
+}
+
+impl<K, S, D: Driver, O: CycleOutput> Clone for Requester<K, S, D, O> {
+    fn clone(&self) -> Self {
+        Requester {
+            shared: Weak::clone(&self.shared),
+        }
+    }
+}
+
+impl<K, S, D: Driver, O: CycleOutput> fmt::Debug for Requester<K, S, D, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = self.shared();
+        f.debug_struct("Requester")
+            .field(
+                "coalescer",
+                &shared.as_ref().map(|s| s.registry.names.name()),
+            )
+            .field("closed", &shared.map_or(true, |s| s.registry.is_closed()))
+            .finish()
+    }
+}
+
 /// A builder on driver `D` with retry policy `P` and failure hook `H`; used
 /// as [`crate::Builder`] and [`crate::blocking::Builder`].
 pub struct Builder<K, S, D: Driver, P, H> {
-    pub(crate) hook: PanicHook<K>,
+    /// Told about every panicking cycle (`None`: a `tracing` event).
+    pub(crate) hook: Option<PanicHook<K>>,
+    /// The coalescer's name, and how its keys print.
+    pub(crate) names: Names<K>,
     pub(crate) hasher: S,
     pub(crate) shards: usize,
     /// A key's follow-up cycle begins no earlier than this after the
@@ -61,10 +105,15 @@ pub struct Builder<K, S, D: Driver, P, H> {
 }
 
 impl<K, D: Driver> Builder<K, RandomState, D, NoRetry, NoHook> {
-    /// The defaults (see `new`, in [`front_end!`]).
-    pub(crate) fn defaults() -> Self {
+    /// The defaults (see `new`, in [`front_end!`]), keys printed with
+    /// `show` (`None`: they cannot print).
+    pub(crate) fn defaults(show: Option<ShowKey<K>>) -> Self {
         Builder {
-            hook: panic::default_hook(),
+            hook: None,
+            names: Names {
+                show,
+                ..Names::default()
+            },
             hasher: RandomState::new(),
             shards: default_shards(),
             min_interval: Duration::ZERO,
@@ -90,7 +139,7 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
     pub(crate) fn finish<O: CycleOutput>(
         self,
         driver: impl FnOnce(D::Config, Needs) -> D,
-        cycle: CycleFn<K, O>,
+        cycle: impl FnOnce(Requester<K, S, D, O>) -> CycleFn<K, O>,
     ) -> Coalescer<K, S, D, O>
     where
         K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -114,17 +163,22 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
             max_wait: self.max_wait,
             epoch: driver.now(),
         });
+        let meter = Meter::new(&self.names.name);
         let ticks = debounce.as_ref().map(|debounce| {
             let (clock, epoch) = (driver.clock(), debounce.epoch);
             Arc::new(move || Debounce::ticks(epoch, clock())) as Ticks
         });
         Coalescer {
-            shared: Arc::new(Shared {
-                registry: Registry::new(self.shards, self.hasher).stamping(ticks),
+            shared: Arc::new_cyclic(|weak| Shared {
+                registry: Registry::new(self.shards, self.hasher)
+                    .stamping(ticks)
+                    .naming(self.names),
                 debounce,
                 counters: Counters::default(),
                 hook: self.hook,
-                cycle,
+                cycle: cycle(Requester {
+                    shared: Weak::clone(weak),
+                }),
                 min_interval: (paced && timers).then_some(self.min_interval),
                 retry: self
                     .retry
@@ -137,6 +191,7 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
                 limit: limit.map(|permits| Arc::new(Limit::new(permits))),
                 closer: close_and_cover::<K, S, D, O>,
                 warned_no_timers: std::sync::atomic::AtomicBool::new(false),
+                meter,
                 driver,
             }),
         }
@@ -154,6 +209,7 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
     ) -> Builder<K, S2, D, P2, H2> {
         Builder {
             hook: self.hook,
+            names: self.names,
             hasher: hasher(self.hasher),
             shards: self.shards,
             min_interval: self.min_interval,
@@ -171,6 +227,7 @@ impl<K, S, D: Driver, P, H> Builder<K, S, D, P, H> {
 impl<K, S: fmt::Debug, D: Driver, P: fmt::Debug, H> fmt::Debug for Builder<K, S, D, P, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
+            .field("name", &self.names.name)
             .field("hasher", &self.hasher)
             .field("shards", &self.shards)
             .field("min_interval", &self.min_interval)
@@ -192,7 +249,7 @@ impl<K, S: fmt::Debug, D: Driver, P: fmt::Debug, H> fmt::Debug for Builder<K, S,
 /// alias itself, so the shared verbs are impls of each alias, not of the
 /// generic type.
 macro_rules! front_end {
-    ($coalescer:ident, $builder:ident) => {
+    ($coalescer:ident, $builder:ident, $requester:ident) => {
         impl<K, S, O> $coalescer<K, S, O>
         where
             K: ::std::hash::Hash + Eq + Clone + Send + Sync + 'static,
@@ -223,7 +280,7 @@ macro_rules! front_end {
             /// not recorded. A panic of `K`'s `Hash` or `Eq` reaches the
             /// caller; the coalescer stays usable.
             pub fn request(&self, key: K) -> Result<$crate::Admission, $crate::Closed> {
-                self.request_plain(key)
+                self.shared.request_plain(key)
             }
 
             /// Requests a cycle of `key` that begins no later than `delay`
@@ -267,11 +324,86 @@ macro_rules! front_end {
                 key: K,
                 delay: ::std::time::Duration,
             ) -> Result<$crate::Admission, $crate::Closed> {
-                self.request_delayed(key, delay)
+                self.shared.request_delayed(key, delay)
+            }
+        }
+
+        impl<K, S, O> $requester<K, S, O>
+        where
+            K: ::std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+            S: ::std::hash::BuildHasher + Send + Sync + 'static,
+            O: $crate::CycleOutput,
+        {
+            /// Requests a cycle of `key`, as
+            /// [`Coalescer::request`](type.Coalescer.html#method.request)
+            /// does.
+            ///
+            /// # Errors
+            ///
+            /// [`Closed`](crate::Closed) once the coalescer's shutdown (or
+            /// drop) has begun, or once it is gone; the request is then not
+            /// recorded.
+            ///
+            /// # Panics
+            ///
+            /// As `Coalescer::request`.
+            pub fn request(&self, key: K) -> Result<$crate::Admission, $crate::Closed> {
+                self.shared().ok_or($crate::Closed)?.request_plain(key)
+            }
+
+            /// Requests a cycle of `key` that begins no later than `delay`
+            /// from now, as
+            /// [`Coalescer::request_after`](type.Coalescer.html#method.request_after)
+            /// does.
+            ///
+            /// # Errors
+            ///
+            /// As [`request`](Self::request).
+            pub fn request_after(
+                &self,
+                key: K,
+                delay: ::std::time::Duration,
+            ) -> Result<$crate::Admission, $crate::Closed> {
+                self.shared()
+                    .ok_or($crate::Closed)?
+                    .request_delayed(key, delay)
+            }
+        }
+
+        impl<K, S, O: $crate::CycleOutput> $requester<K, S, O> {
+            /// Whether the coalescer has begun shutting down (or was
+            /// dropped): every request through this handle is then
+            /// rejected.
+            pub fn is_closed(&self) -> bool {
+                self.shared()
+                    .map_or(true, |shared| shared.registry.is_closed())
+            }
+
+            /// The coalescer's [`publish_metrics`](type.Coalescer.html#method.publish_metrics)
+            /// (nothing once it is gone).
+            #[cfg(feature = "metrics")]
+            pub fn publish_metrics(&self) {
+                if let Some(shared) = self.shared() {
+                    shared.publish_metrics();
+                }
             }
         }
 
         impl<K, S, O: $crate::CycleOutput> $coalescer<K, S, O> {
+            /// A handle that requests cycles of this coalescer: cheap to
+            /// clone (one reference count), `Send + Sync`, with the
+            /// request verbs and no `shutdown`, for a service's state or a
+            /// cycle of this coalescer (see
+            /// [`Builder::build_cyclic`](type.Builder.html#method.build_cyclic)).
+            /// It does not keep the coalescer alive: once the coalescer is
+            /// shut down or dropped, its requests are rejected with
+            /// [`Closed`](crate::Closed).
+            pub fn handle(&self) -> $requester<K, S, O> {
+                $crate::shell::Requester {
+                    shared: ::std::sync::Arc::downgrade(&self.shared),
+                }
+            }
+
             /// The number of keys with a running or pending cycle; 0 once
             /// quiescent.
             pub fn active_keys(&self) -> usize {
@@ -282,26 +414,52 @@ macro_rules! front_end {
             pub fn stats(&self) -> $crate::Stats {
                 self.shared.stats()
             }
+
+            /// Sets the sampled metrics — the gauges and the count of
+            /// coalesced requests — to their values now
+            /// (`docs/metrics.md`). The runners set them each time a cycle
+            /// ends; call this before each scrape (in the handler of
+            /// `/metrics`, say) so that an idle or stuck coalescer reports
+            /// its state as of the scrape.
+            #[cfg(feature = "metrics")]
+            pub fn publish_metrics(&self) {
+                self.shared.publish_metrics();
+            }
         }
 
-        impl<K> $coalescer<K> {
-            /// A builder, for options.
+        impl<K: ::std::fmt::Debug> $coalescer<K> {
+            /// A builder, for options; its keys print with `Debug` in spans
+            /// and events (for a key type without `Debug`:
+            /// `Builder::opaque_keys`).
             pub fn builder() -> $builder<K> {
                 $builder::<K>::new()
             }
         }
 
-        impl<K> $builder<K> {
+        impl<K: ::std::fmt::Debug> $builder<K> {
             /// A builder with the defaults: panics reported as a `tracing`
             /// error event, `RandomState` hashing, four map shards per
             /// core, no pacing, no retries (and, for the async coalescer,
-            /// the current tokio runtime).
+            /// the current tokio runtime). Spans and events show each key
+            /// with `K`'s `Debug`.
             pub fn new() -> Self {
-                Self::defaults()
+                Self::defaults(Some(<K as ::std::fmt::Debug>::fmt))
             }
         }
 
-        impl<K> Default for $builder<K> {
+        impl<K> $builder<K> {
+            /// A builder with the defaults, as [`new`](Self::new), for a
+            /// key type without `Debug` (or one that must not be logged):
+            /// spans and events show each key as `_`. The panic and failure
+            /// hooks still get the key itself
+            /// ([`PanicReport::key`](crate::PanicReport::key),
+            /// [`FailureReport::key`](crate::FailureReport::key)).
+            pub fn opaque_keys() -> Self {
+                Self::defaults(None)
+            }
+        }
+
+        impl<K: ::std::fmt::Debug> Default for $builder<K> {
             fn default() -> Self {
                 Self::new()
             }
@@ -319,7 +477,18 @@ macro_rules! front_end {
                 mut self,
                 hook: impl Fn(&$crate::PanicReport<'_, K>) + Send + Sync + 'static,
             ) -> Self {
-                self.hook = Box::new(hook);
+                self.hook = Some(Box::new(hook));
+                self
+            }
+
+            /// Names the coalescer: the `coalescer` field of its `tracing`
+            /// spans and events and the `name` label of its metrics
+            /// (`docs/metrics.md`). The default: `"coalescer"`. Give each
+            /// coalescer of a process its own name: two with one name add
+            /// up in the counters, and overwrite each other's gauges.
+            #[must_use]
+            pub fn name(mut self, name: impl Into<::std::string::String>) -> Self {
+                self.names.name = ::std::sync::Arc::from(name.into());
                 self
             }
 
@@ -533,7 +702,7 @@ impl<A> Join<A> for Waiting {
     }
 }
 
-impl<K, S, D, O> Coalescer<K, S, D, O>
+impl<K, S, D, O> Shared<K, S, D, O>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
@@ -541,18 +710,22 @@ where
     O: CycleOutput,
 {
     /// Admits a request that does not wait (`request`, in [`front_end!`]).
-    pub(crate) fn request_plain(&self, key: K) -> Result<Admission, Closed> {
-        let admitted = self.shared.registry.admit_plain::<Plain>(key);
+    pub(crate) fn request_plain(self: &Arc<Self>, key: K) -> Result<Admission, Closed> {
+        let admitted = self.registry.admit_plain::<Plain>(key);
         // Only a waiting request can be refused for any other reason.
-        settle(&self.shared, admitted)
+        settle(self, admitted)
             .map(|(admission, ())| admission)
             .map_err(|_| Closed)
     }
 
     /// Admits a delayed request (`request_after`, in [`front_end!`]; see
     /// `delay.rs`).
-    pub(crate) fn request_delayed(&self, key: K, delay: Duration) -> Result<Admission, Closed> {
-        let shared = &self.shared;
+    pub(crate) fn request_delayed(
+        self: &Arc<Self>,
+        key: K,
+        delay: Duration,
+    ) -> Result<Admission, Closed> {
+        let shared = self;
         if !shared.driver.can_delay() {
             // Nothing can wait for the deadline: the request is made now.
             warn_no_timers(shared);
@@ -576,11 +749,11 @@ where
         match shared.registry.admit_after(key, deadline, start_timer) {
             Ok(admission) => {
                 Counters::bump(&shared.counters.delayed);
-                tracing::debug!(target: "coalescer", "delayed");
+                shared.meter.delayed();
                 Ok(admission)
             }
             Err(_) => {
-                Counters::bump(&shared.counters.rejected);
+                reject(shared);
                 Err(Closed)
             }
         }
@@ -590,11 +763,11 @@ where
     /// cycle that covers it.
     #[allow(clippy::type_complexity, reason = "one use, named in full once")]
     pub(crate) fn request_waiting(
-        &self,
+        self: &Arc<Self>,
         key: K,
     ) -> Result<(Admission, Arc<Completion<Answer<O>>>), RunError<O::Error>> {
-        let admitted = self.shared.registry.admit::<Waiting>(key);
-        settle(&self.shared, admitted)
+        let admitted = self.registry.admit::<Waiting>(key);
+        settle(self, admitted)
     }
 }
 
@@ -616,22 +789,28 @@ where
         Ok(Admitted::Vacant(vacant)) => vacant,
         Err(Refused::OwnCycle) => return Err(RunError::OwnCycle),
         Err(Refused::Closed) => {
-            Counters::bump(&shared.counters.rejected);
+            reject(shared);
             return Err(RunError::Closed);
         }
     };
     match start_fresh(shared, vacant) {
         Ok(covered) => {
             Counters::bump(&shared.counters.started);
-            tracing::debug!(target: "coalescer", "started");
+            shared.meter.started();
             Ok((Admission::Started, covered))
         }
         Err(StartError::Gone) => {
-            Counters::bump(&shared.counters.rejected);
+            reject(shared);
             Err(RunError::Closed)
         }
         Err(StartError::Os(e)) => panic!("coalescer: failed to start a runner thread: {e}"),
     }
+}
+
+/// Counts a rejected request.
+fn reject<K, S, D: Driver, O: CycleOutput>(shared: &Shared<K, S, D, O>) {
+    Counters::bump(&shared.counters.rejected);
+    shared.meter.rejected();
 }
 
 /// Starts the runner of a fresh slot and puts the slot in the map (the
@@ -650,7 +829,16 @@ where
 {
     let key = vacant.key().clone();
     match runner::start(shared, key, Arc::clone(vacant.slot()), vacant.hash()) {
-        Ok(()) => Ok(vacant.insert()),
+        Ok(()) => {
+            let names = &shared.registry.names;
+            tracing::debug!(
+                target: "coalescer",
+                coalescer = names.name(),
+                key = ?names.key(vacant.key()),
+                "started"
+            );
+            Ok(vacant.insert())
+        }
         Err(error) => {
             drop(vacant);
             if matches!(error, StartError::Gone) {
@@ -686,7 +874,7 @@ where
     O: CycleOutput,
 {
     match start_fresh(shared, vacant) {
-        Ok(()) => tracing::debug!(target: "coalescer", "started"),
+        Ok(()) => {}
         // The runtime has shut down: nothing runs any more, for any request.
         Err(StartError::Gone) => {}
         Err(StartError::Os(e)) => tracing::error!(

@@ -37,6 +37,9 @@ pub struct Stats {
     /// Cycles that ran longer than the builder's `timeout` (each also
     /// counted in `cycles`; not in `failures`).
     pub timeouts: u64,
+    /// Cycles cancelled mid-flight: the async coalescer was dropped while
+    /// they ran (not in `cycles`).
+    pub aborted: u64,
     /// Cycles running now (a gauge). With a concurrency limit of `n`, at
     /// most `n`.
     pub running: u64,
@@ -70,6 +73,9 @@ pub(crate) struct Counters {
     pub(crate) panics: StatCounter,
     pub(crate) timeouts: StatCounter,
     pub(crate) delayed: StatCounter,
+    pub(crate) aborted: StatCounter,
+    /// Cycles begun: numbers each cycle (its span's `cycle` field).
+    pub(crate) begun: StatCounter,
     /// A gauge: up when a cycle starts, down when it ends.
     pub(crate) running: StatCounter,
 }
@@ -79,6 +85,13 @@ impl Counters {
     pub(crate) fn bump(c: &StatCounter) {
         // ORDERING: Relaxed, statistics only; pairs with nothing (see the type doc).
         c.fetch_add(1, Relaxed);
+    }
+
+    /// Adds one to `c` and returns the new value: a number, unique within
+    /// the coalescer (not an order any other memory follows).
+    pub(crate) fn next(c: &StatCounter) -> u64 {
+        // ORDERING: Relaxed, a numbering only; pairs with nothing (see the type doc).
+        c.fetch_add(1, Relaxed) + 1
     }
 
     /// Takes one from the gauge `c`.
@@ -104,6 +117,7 @@ impl Counters {
             give_ups: self.give_ups.load(Relaxed),
             panics: self.panics.load(Relaxed),
             timeouts: self.timeouts.load(Relaxed),
+            aborted: self.aborted.load(Relaxed),
             running: self.running.load(Relaxed),
             waiting,
             delayed: self.delayed.load(Relaxed),

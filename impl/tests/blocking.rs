@@ -335,7 +335,7 @@ fn debug_output_shows_the_configuration_and_the_counters() {
         .min_interval(std::time::Duration::from_millis(5));
     let shown = format!("{builder:?}");
     assert!(
-        shown.starts_with("Builder { hasher: ")
+        shown.starts_with("Builder { name: \"coalescer\", hasher: ")
             && shown.contains("shards: 3")
             && shown.contains("min_interval: 5ms"),
         "{shown}"

@@ -46,12 +46,13 @@ fn debug_output_shows_the_configuration_the_counters_and_a_wait() {
             let builder = Coalescer::<u32>::builder().shards(3);
             let shown = format!("{builder:?}");
             assert!(
-                shown.starts_with("Builder { hasher: ") && shown.contains("shards: 3"),
+                shown.starts_with("Builder { name: \"coalescer\", hasher: ")
+                    && shown.contains("shards: 3"),
                 "{shown}"
             );
             let c = builder.build(|_: u32| async {});
             let wait = c.request_and_wait(1);
-            assert_eq!(format!("{wait:?}"), "Wait { accepted: true }");
+            assert_eq!(format!("{wait:?}"), "Wait { admission: Some(Started) }");
             wait.await.unwrap();
             c.shutdown().await;
             let shown = format!("{c:?}");
