@@ -397,7 +397,12 @@ mod service {
     }
 
     pub(super) fn main() -> ExitCode {
-        let config = match parse(std::env::args().skip(1)) {
+        run(std::env::args().skip(1))
+    }
+
+    /// The service with the options `args`, until ctrl-c or SIGTERM.
+    pub(super) fn run(args: impl Iterator<Item = String>) -> ExitCode {
+        let config = match parse(args) {
             Ok(config) => config,
             Err(e) => {
                 eprintln!("restart_service: {e}");
@@ -452,7 +457,7 @@ mod service {
         use std::sync::OnceLock;
         use std::time::Duration;
 
-        use super::{recorder, serve, Config};
+        use super::{recorder, run, serve, Config};
         use coalescer_fixtures::prometheus_value;
         use metrics_exporter_prometheus::PrometheusHandle;
         use tokio::net::TcpListener;
@@ -473,6 +478,90 @@ mod service {
                     handle
                 })
                 .clone()
+        }
+
+        /// The service as a process of its own (this test binary, running
+        /// only [`child_service`]): started with a loopback port of the
+        /// OS's choosing, sent three config writes over HTTP, then SIGTERM
+        /// while a restart runs. It must stop accepting connections, drain
+        /// the coalescer (every accepted request covered), say so, and exit 0.
+        #[cfg(unix)]
+        #[test]
+        fn on_sigterm_it_stops_serving_drains_and_exits_zero() {
+            use std::io::{BufRead, BufReader};
+            use std::process::{Command, Stdio};
+
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "service::tests::child_service",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env(
+                    "RESTART_SERVICE_ARGS",
+                    "--addr 127.0.0.1:0 --restart-ms 1000 --fail-rate 0",
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("the test binary runs again as the service");
+            let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+            let addr = loop {
+                let line = lines
+                    .next()
+                    .expect("the service said where it listens")
+                    .unwrap();
+                if let Some(addr) = line.strip_prefix("restart_service: listening on http://") {
+                    break addr.to_owned();
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let http = reqwest::Client::new();
+                for _ in 0..3 {
+                    let response = http
+                        .put(format!("http://{addr}/workspaces/1/config"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 202);
+                }
+            });
+            // The first restart (1 s) runs now; the writes after it owe a
+            // follow-up, which the drain must run.
+            let killed = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+            let rest: Vec<String> = lines.map(Result::unwrap).collect();
+            let status = child.wait().unwrap();
+            assert!(status.success(), "exit {status}: {rest:?}");
+            let drained = rest
+                .iter()
+                .find(|l| l.starts_with("restart_service: drained:"))
+                .unwrap_or_else(|| panic!("no drain reported: {rest:?}"));
+            assert!(
+                drained
+                    .contains("3 requests, 2 restarts (0 failed) of 1 workspaces, 0 keys active"),
+                "{drained}"
+            );
+            let refused = std::net::TcpStream::connect(&addr);
+            assert!(refused.is_err(), "still accepting connections after exit");
+        }
+
+        /// The service process of the SIGTERM test (run by it, with its
+        /// options in `RESTART_SERVICE_ARGS`).
+        #[test]
+        #[ignore = "the SIGTERM test's child process: it runs this itself"]
+        fn child_service() {
+            let args = std::env::var("RESTART_SERVICE_ARGS").expect("run by the SIGTERM test");
+            let code = run(args.split_whitespace().map(str::to_owned));
+            assert_eq!(code, std::process::ExitCode::SUCCESS);
         }
 
         /// What the clients saw.
