@@ -806,6 +806,35 @@ mod service {
                     .filter(|l| l.starts_with("coalescer_") && !l.contains("_bucket"))
                     .collect();
                 println!("/metrics excerpt:\n{}", excerpt.join("\n"));
+
+                // Last (its metrics would add to the ones checked above): a
+                // restart that fails and is not retried answers a waiter 502
+                // with the error.
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let failing = Config {
+                    addr,
+                    fail_rate: 0.999_999,
+                    max_retries: 0,
+                    restart: Duration::ZERO,
+                    ..Config::default()
+                };
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let server = tokio::spawn(serve(listener, failing, prometheus(), async {
+                    let _ = stopped.await;
+                }));
+                let response = http
+                    .post(format!("http://{addr}/workspaces/3/restart?wait=true"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 502);
+                let body: serde_json::Value = response.json().await.unwrap();
+                assert_eq!(body["admission"], "started");
+                let error = body["error"].as_str().unwrap_or_default();
+                assert!(error.contains("workspace 3 did not come back up"), "{body}");
+                stop.send(()).unwrap();
+                assert_eq!(server.await.unwrap().unwrap().stats.give_ups, 1);
             });
         }
     }

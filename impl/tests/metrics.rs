@@ -215,3 +215,38 @@ fn the_wait_for_a_permit_is_the_queue_duration() {
         4.0
     );
 }
+
+/// A cycle cancelled mid-flight because the async coalescer was dropped
+/// ends as `aborted`: counted, and no longer running.
+#[test]
+fn a_cycle_cancelled_by_a_drop_is_counted_as_aborted() {
+    let handle = recorded(|_| async move {
+        let c = Builder::new()
+            .name("metered")
+            .build(|_: u32| std::future::pending::<()>());
+        let waiter = c.handle().request_and_wait(1);
+        tokio::task::yield_now().await;
+        drop(c);
+        assert_eq!(waiter.await, Err(coalescer::RunError::Aborted));
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    });
+    let text = handle.render();
+    assert_eq!(
+        value(&text, "coalescer_cycles_total", &[("outcome", "aborted")]),
+        1.0
+    );
+    assert_eq!(
+        prometheus_value(
+            &text,
+            "coalescer_cycles_total",
+            &[("name", "metered"), ("outcome", "ok")]
+        ),
+        None
+    );
+    assert_eq!(
+        value(&text, "coalescer_cycle_duration_seconds_count", &[]),
+        1.0
+    );
+}
