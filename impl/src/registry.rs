@@ -435,12 +435,7 @@ where
             return Err(Refused::Closed);
         }
         // Accepted, whichever way it goes below.
-        tracing::debug!(
-            target: "coalescer",
-            coalescer = self.names.name(),
-            key = ?self.names.key(&key),
-            "delayed"
-        );
+        self.key_event(&key, "delayed");
         let since = match map.find(hash, |e| e.key == key) {
             Some(entry) => {
                 let seen = entry.slot.touch();
@@ -707,12 +702,7 @@ where
         }
         drop(map);
         if let Some(entry) = &removed {
-            tracing::debug!(
-                target: "coalescer",
-                coalescer = self.names.name(),
-                key = ?self.names.key(&entry.key),
-                "reclaimed"
-            );
+            self.key_event(&entry.key, "reclaimed");
         }
         // The key's `Drop`, outside the lock.
         drop_contained(removed, "a key");
@@ -769,7 +759,9 @@ impl<K, S, A> Registry<K, S, A> {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// The `debug` event of a request folded into an active runner.
+    /// The `debug` event of a request folded into an active runner: a
+    /// callsite of its own with a static message, the coalesced path's
+    /// (its check for a subscriber is the only work it adds there).
     #[inline]
     fn coalesced_event(&self, key: &K) {
         tracing::debug!(
@@ -777,6 +769,18 @@ impl<K, S, A> Registry<K, S, A> {
             coalescer = self.names.name(),
             key = ?self.names.key(key),
             "coalesced"
+        );
+    }
+
+    /// A `debug` event about `key` off the coalesced path (`what`:
+    /// `started`, `delayed`, `reclaimed`), with the coalescer's name.
+    #[inline]
+    pub(crate) fn key_event(&self, key: &K, what: &'static str) {
+        tracing::debug!(
+            target: "coalescer",
+            coalescer = self.names.name(),
+            key = ?self.names.key(key),
+            "{what}"
         );
     }
 

@@ -741,28 +741,28 @@ impl<'a, K, S, D: Driver, O: CycleOutput> Watch<'a, K, S, D, O> {
 
     /// The cycle returned: it no longer runs.
     fn stop(mut self) -> Ended {
+        self.end().expect("stopped once")
+    }
+
+    /// Takes the cycle, counted as running no more, with how long it ran
+    /// (`None` once taken).
+    fn end(&mut self) -> Option<Ended> {
+        let mut ended = self.cycle.take()?;
         Counters::drop_one(&self.shared.counters.running);
-        let mut ended = self.cycle.take().expect("stopped once");
         ended.took = self
             .shared
             .driver
             .now()
             .saturating_duration_since(self.began);
-        ended
+        Some(ended)
     }
 }
 
 impl<K, S, D: Driver, O: CycleOutput> Drop for Watch<'_, K, S, D, O> {
     fn drop(&mut self) {
-        if let Some(mut ended) = self.cycle.take() {
+        if let Some(ended) = self.end() {
             // Never stopped: the cycle was cancelled mid-flight.
-            Counters::drop_one(&self.shared.counters.running);
             Counters::bump(&self.shared.counters.aborted);
-            ended.took = self
-                .shared
-                .driver
-                .now()
-                .saturating_duration_since(self.began);
             ended.record(&self.shared.meter, Outcome::Aborted);
         }
     }

@@ -851,13 +851,7 @@ where
     let key = vacant.key().clone();
     match runner::start(shared, key, Arc::clone(vacant.slot()), vacant.hash()) {
         Ok(()) => {
-            let names = &shared.registry.names;
-            tracing::debug!(
-                target: "coalescer",
-                coalescer = names.name(),
-                key = ?names.key(vacant.key()),
-                "started"
-            );
+            shared.registry.key_event(vacant.key(), "started");
             Ok(vacant.insert())
         }
         Err(error) => {
