@@ -1,5 +1,6 @@
-//! The coalesced request against its limit (one `fetch_or`) and against the
-//! Go algorithm; request-to-start latency against a bare spawn and signal.
+//! The coalesced request against its limit (one `fetch_or`), against the
+//! Go algorithm and against a hand-rolled `DashMap` coalescer, over 1, 256
+//! and 100 000 keys; request-to-start latency against a bare spawn and signal.
 //! `cargo run -p coalescer-benches --release --bin summary` prints the
 //! ratios from the estimates this writes.
 
@@ -10,7 +11,7 @@ mod benches {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    use coalescer_benches::{on_threads, spread, string_keys, u64_keys, GoPort, Held};
+    use coalescer_benches::{on_threads, spread, string_keys, u64_keys, DashPeer, GoPort, Held};
     use criterion::Criterion;
 
     fn quick(c: &mut Criterion) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
@@ -38,12 +39,20 @@ mod benches {
             let keys = u64_keys(n);
             let held = Held::new(&keys);
             let go = GoPort::running(&keys);
+            let dash = DashPeer::running(&keys);
             let label = if n == 1 {
                 "hot".to_owned()
             } else {
                 n.to_string()
             };
             for threads in [1, 2] {
+                g.bench_function(format!("dash_u64_{label}/{threads}t"), |b| {
+                    b.iter_custom(|iters| {
+                        on_threads(threads, iters, |t, i| {
+                            black_box(dash.request(keys[spread(t, i, n)]));
+                        })
+                    })
+                });
                 g.bench_function(format!("ours_u64_{label}/{threads}t"), |b| {
                     b.iter_custom(|iters| {
                         on_threads(threads, iters, |t, i| {
@@ -61,22 +70,41 @@ mod benches {
                 });
             }
         }
-        // The same coalesced request with a retry policy (and fallible
-        // cycles): the policy is the runner's, so it should cost nothing.
+        // The same coalesced request with a policy configured but not
+        // triggered: a retry policy (and fallible cycles), a concurrency
+        // limit never reached, a debounce (which stamps every request).
         for n in [1usize, 256] {
             let keys = u64_keys(n);
-            let held = Held::retrying(&keys);
             let label = if n == 1 {
                 "hot".to_owned()
             } else {
                 n.to_string()
             };
+            let retrying = Held::retrying(&keys);
+            let limited = Held::limited(&keys);
+            let debounced = Held::debounced(&keys);
             for threads in [1, 2] {
                 g.bench_function(format!("ours_u64_{label}_retry/{threads}t"), |b| {
                     b.iter_custom(|iters| {
                         on_threads(threads, iters, |t, i| {
                             let key = keys[spread(t, i, n)];
-                            black_box(held.coalescer.request(key)).ok();
+                            black_box(retrying.coalescer.request(key)).ok();
+                        })
+                    })
+                });
+                g.bench_function(format!("ours_u64_{label}_limit/{threads}t"), |b| {
+                    b.iter_custom(|iters| {
+                        on_threads(threads, iters, |t, i| {
+                            let key = keys[spread(t, i, n)];
+                            black_box(limited.coalescer.request(key)).ok();
+                        })
+                    })
+                });
+                g.bench_function(format!("ours_u64_{label}_debounce/{threads}t"), |b| {
+                    b.iter_custom(|iters| {
+                        on_threads(threads, iters, |t, i| {
+                            let key = keys[spread(t, i, n)];
+                            black_box(debounced.coalescer.request(key)).ok();
                         })
                     })
                 });

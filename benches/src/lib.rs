@@ -1,6 +1,7 @@
 //! Shared by the criterion benches (`benches/coalesce.rs`) and the
-//! `summary` binary: the baselines — a faithful port of the Go algorithm —
-//! and coalescers whose keys are held "running", so every request measured
+//! `summary` binary: the baselines — a faithful port of the Go algorithm,
+//! and the coalescer a user writes by hand around a `DashMap` — and
+//! coalescers whose keys are held "running", so every request measured
 //! takes the coalesced path.
 //!
 //! ```text
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use std::collections::hash_map::RandomState;
 
 use coalescer::{Backoff, Builder, Coalescer, CycleOutput};
+use dashmap::DashMap;
 
 /// The Go implementation's per-key state.
 #[derive(Debug, Default)]
@@ -66,6 +68,43 @@ impl<K: Hash + Eq + Clone> GoPort<K> {
             return false;
         }
         state.running = true;
+        true
+    }
+}
+
+/// The coalescer a user writes by hand in ten lines: a `DashMap` from key
+/// to `(running, pending)`. A request takes the key's entry (the shard's
+/// write lock), sets `pending` if the key is running, and returns. Same
+/// hasher as ours (`RandomState`) and `DashMap`'s default shard count.
+///
+/// It has the coalesced path's shape and nothing more: no runner, no
+/// happens-before from a request to the run it joins beyond the shard
+/// lock, no shutdown, no reclamation. It is the floor a user would
+/// compare a library against.
+#[derive(Debug)]
+pub struct DashPeer<K: Hash + Eq> {
+    map: DashMap<K, (bool, bool), RandomState>,
+}
+
+impl<K: Hash + Eq + Clone> DashPeer<K> {
+    /// A peer with `keys` all marked running.
+    pub fn running(keys: &[K]) -> Self {
+        let map = DashMap::with_hasher(RandomState::new());
+        for k in keys {
+            map.insert(k.clone(), (true, false));
+        }
+        DashPeer { map }
+    }
+
+    /// One request; `true` if it would have started a run.
+    pub fn request(&self, key: K) -> bool {
+        let mut entry = self.map.entry(key).or_insert((false, false));
+        let (running, pending) = entry.value_mut();
+        if *running {
+            *pending = true;
+            return false;
+        }
+        *running = true;
         true
     }
 }

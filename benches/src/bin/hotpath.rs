@@ -1,11 +1,12 @@
-//! One million coalesced requests on a hot key, ours or the Go port's, for
-//! an instruction-level profile; with a second argument `256`, over 256 keys
-//! in turn instead:
+//! One million coalesced requests on a hot key, ours, the Go port's or the
+//! hand-rolled `DashMap`'s, for an instruction-level profile; with a second
+//! argument (`256`, `100000`), over that many keys in turn instead:
 //!
 //! ```text
 //! valgrind --tool=callgrind target/release/hotpath ours
 //! valgrind --tool=callgrind target/release/hotpath go
 //! valgrind --tool=callgrind target/release/hotpath ours 256
+//! valgrind --tool=cachegrind target/release/hotpath dash 100000
 //! valgrind --tool=callgrind target/release/hotpath retry   # ours, with a retry policy
 //! valgrind --tool=callgrind target/release/hotpath limit   # ours, with a limit not reached
 //! valgrind --tool=callgrind target/release/hotpath debounce  # ours, debounced
@@ -16,18 +17,26 @@ fn main() {}
 
 #[cfg(not(loom))]
 fn main() {
-    use coalescer_benches::{GoPort, Held};
+    use coalescer_benches::{DashPeer, GoPort, Held};
     use std::hint::black_box;
 
     const N: u64 = 1_000_000;
-    let many = std::env::args().nth(2).as_deref() == Some("256");
-    let keys: Vec<u64> = if many { (0..256).collect() } else { vec![7] };
+    let keys: Vec<u64> = match std::env::args().nth(2).map(|n| n.parse::<u64>()) {
+        Some(Ok(n)) if n > 1 => (0..n).collect(),
+        _ => vec![7],
+    };
     let key = |i: u64| keys[(i % keys.len() as u64) as usize];
     match std::env::args().nth(1).as_deref() {
         Some("go") => {
             let go = GoPort::running(&keys);
             for i in 0..N {
                 black_box(go.request(&key(i)));
+            }
+        }
+        Some("dash") => {
+            let dash = DashPeer::running(&keys);
+            for i in 0..N {
+                black_box(dash.request(key(i)));
             }
         }
         Some("retry") => {
