@@ -21,17 +21,22 @@ use crate::state::{self, Requested};
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 
 /// The per-key slot. Exists only while the key is active (INV-6).
+///
+/// `repr(C)`, the state word and the stamps first: they are all a request
+/// reads, and side by side they share one cache line wherever the
+/// allocator puts the slot (16-byte aligned, the two in one 16-byte unit).
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Slot<A> {
     /// The state word (layout and transitions in `state.rs`). Written by
     /// requesters (`request`) and by this slot's one runner (`begin`,
     /// `go_idle`); never by anyone else.
     state: AtomicU64,
+    /// With a debounce: when this slot's requests came (`None` without one).
+    stamps: Option<Box<Stamps>>,
     /// What the next cycle takes: guarded by this mutex, which `begin` also
     /// holds while it consumes the pending bit and the marks.
     next: Mutex<Next<A>>,
-    /// With a debounce: when this slot's requests came (`None` without one).
-    stamps: Option<Box<Stamps>>,
 }
 
 /// The clock a debounce stamps requests with: ticks (microseconds) since the
@@ -125,6 +130,11 @@ impl Mark {
 // checked under loom, whose primitives are larger.
 #[cfg(not(loom))]
 static_assertions::const_assert!(std::mem::size_of::<Slot<()>>() <= 56);
+// What a request reads, side by side in the first 16 bytes (see `Slot`).
+#[cfg(not(loom))]
+static_assertions::const_assert!(std::mem::offset_of!(Slot<()>, state) == 0);
+#[cfg(not(loom))]
+static_assertions::const_assert!(std::mem::offset_of!(Slot<()>, stamps) == 8);
 
 /// What a request through a mark found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
