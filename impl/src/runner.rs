@@ -521,92 +521,106 @@ where
 /// The runner loop: cycles until the key goes idle (INV-2), each under
 /// panic containment (INV-3), failed ones retried by the policy (INV-9),
 /// paced by the driver between cycles.
-async fn run<K, S, D, O>(mut this: Task<K, S, D, O>)
+///
+/// A plain `fn` returning an `async move` block rather than an `async fn`:
+/// the block keeps `this` once, where an `async fn` keeps its argument and
+/// the local it is moved into (128 bytes more in every active key's task).
+/// The waits that only some coalescers have (a debounce's, a pace's or a
+/// backoff's) are boxed when they happen, so that every runner's future is
+/// only as large as its cycle needs.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would keep its argument twice (see above)"
+)]
+fn run<K, S, D, O>(mut this: Task<K, S, D, O>) -> impl Future<Output = ()>
 where
     K: Hash + Eq + 'static,
     S: BuildHasher,
     D: Driver,
     O: CycleOutput,
 {
-    this.polled = true;
-    loop {
-        if this.shared.driver.is_aborted() {
-            return; // the guard abandons the slot
-        }
-        // Debounced: the cycle waits for its key's quiet period (a retry
-        // does not), holding no permit (INV-12).
-        if let Some(debounce) = &this.shared.debounce {
-            if this.runner.failures == 0 {
-                debounce.wait(&this.shared, &this.runner.slot).await;
+    async move {
+        this.polled = true;
+        loop {
+            if this.shared.driver.is_aborted() {
+                return; // the guard abandons the slot
             }
-        }
-        // Due now — or, for its first cycle, since admission made it due.
-        let due = match this.admitted.take() {
-            Some(admitted) if this.shared.debounce.is_none() => admitted,
-            _ => this.shared.driver.now(),
-        };
-        // Due: with a limit, the key waits for a permit here, holding none
-        // and absorbing requests meanwhile, in the order keys became due
-        // (INV-11).
-        let permit = match &this.shared.limit {
-            None => None,
-            Some(limit) => {
-                let ticket = this.ticket.take().unwrap_or_else(|| Limit::ticket(limit));
-                let permit = ticket.await;
-                if this.shared.driver.is_aborted() {
-                    return; // the guard abandons the slot; the permit goes on
+            // Debounced: the cycle waits for its key's quiet period (a retry
+            // does not), holding no permit (INV-12).
+            if let Some(debounce) = &this.shared.debounce {
+                if this.runner.failures == 0 {
+                    Box::pin(debounce.wait(&this.shared, &this.runner.slot)).await;
                 }
-                Some(permit)
             }
-        };
-        let mut begun = this.runner.slot.begin();
-        let paced = this
-            .shared
-            .min_interval
-            .map(|d| (this.shared.driver.now(), d));
-        // Inside the drain, each failure gets one immediate retry: a retry
-        // that begins once shutdown has begun is its key's last chance (so
-        // the drain ends).
-        let last_chance = this.shared.retry.is_some()
-            && this.runner.failures > 0
-            && this.shared.registry.is_closed();
-        this.current.clone_from(&begun.completion);
-        let watch = Watch::start(&this.shared, &this.runner.key, this.runner.failures, due);
-        let result = cycle(&this.shared, &this.runner)
-            .instrument(watch.span())
-            .await;
-        let ended = watch.stop();
-        // The permit goes back as soon as the cycle returns: the key's
-        // follow-up or retry takes a new ticket, behind the keys waiting.
-        drop(permit);
-        this.current = None;
-        let then = this
-            .runner
-            .finish(&this.shared, &mut begun, result, last_chance, ended);
-        this.shared
-            .meter
-            .sample(|| this.shared.sample(false), || this.shared.driver.now());
-        // The waits between cycles: the slot stays live meanwhile, so
-        // requests fold into the one cycle that follows. Aborted here, the
-        // guard abandons the slot as anywhere else.
-        // Each bound is `None` if there is none, `Some(None)` if it is too
-        // far to name (never: only the drain ends the wait).
-        let paced_until = paced.map(|(began, interval)| began.checked_add(interval));
-        let until = match then {
-            Then::Settle => paced_until,
-            Then::Retry { delay } => {
-                let backoff = this.shared.driver.now().checked_add(delay);
-                // The later bound wins.
-                Some(paced_until.map_or(backoff, |paced| later(paced, backoff)))
+            // Due now — or, for its first cycle, since admission made it due.
+            let due = match this.admitted.take() {
+                Some(admitted) if this.shared.debounce.is_none() => admitted,
+                _ => this.shared.driver.now(),
+            };
+            // Due: with a limit, the key waits for a permit here, holding none
+            // and absorbing requests meanwhile, in the order keys became due
+            // (INV-11).
+            let permit = match &this.shared.limit {
+                None => None,
+                Some(limit) => {
+                    let ticket = this.ticket.take().unwrap_or_else(|| Limit::ticket(limit));
+                    let permit = ticket.await;
+                    if this.shared.driver.is_aborted() {
+                        return; // the guard abandons the slot; the permit goes on
+                    }
+                    Some(permit)
+                }
+            };
+            let mut begun = this.runner.slot.begin();
+            let paced = this
+                .shared
+                .min_interval
+                .map(|d| (this.shared.driver.now(), d));
+            // Inside the drain, each failure gets one immediate retry: a retry
+            // that begins once shutdown has begun is its key's last chance (so
+            // the drain ends).
+            let last_chance = this.shared.retry.is_some()
+                && this.runner.failures > 0
+                && this.shared.registry.is_closed();
+            this.current.clone_from(&begun.completion);
+            let watch = Watch::start(&this.shared, &this.runner.key, this.runner.failures, due);
+            let result = cycle(&this.shared, &this.runner)
+                .instrument(watch.span())
+                .await;
+            let ended = watch.stop();
+            // The permit goes back as soon as the cycle returns: the key's
+            // follow-up or retry takes a new ticket, behind the keys waiting.
+            drop(permit);
+            this.current = None;
+            let then = this
+                .runner
+                .finish(&this.shared, &mut begun, result, last_chance, ended);
+            this.shared
+                .meter
+                .sample(|| this.shared.sample(false), || this.shared.driver.now());
+            // The waits between cycles: the slot stays live meanwhile, so
+            // requests fold into the one cycle that follows. Aborted here, the
+            // guard abandons the slot as anywhere else.
+            // Each bound is `None` if there is none, `Some(None)` if it is too
+            // far to name (never: only the drain ends the wait).
+            let paced_until = paced.map(|(began, interval)| began.checked_add(interval));
+            let until = match then {
+                Then::Settle => paced_until,
+                Then::Retry { delay } => {
+                    let backoff = this.shared.driver.now().checked_add(delay);
+                    // The later bound wins.
+                    Some(paced_until.map_or(backoff, |paced| later(paced, backoff)))
+                }
+            };
+            if let Some(deadline) = until {
+                Box::pin(this.shared.driver.until(deadline)).await;
             }
-        };
-        if let Some(deadline) = until {
-            this.shared.driver.until(deadline).await;
-        }
-        if then == Then::Settle && this.runner.settle(&this.shared, &begun) == AfterCycle::Idle {
-            this.armed = false;
-            this.shared.driver.reap();
-            return;
+            if then == Then::Settle && this.runner.settle(&this.shared, &begun) == AfterCycle::Idle
+            {
+                this.armed = false;
+                this.shared.driver.reap();
+                return;
+            }
         }
     }
 }
@@ -825,7 +839,9 @@ async fn cycle<K, S, D: Driver, O: CycleOutput>(
     // short by a timer that fired meanwhile. Cut short, `Contained` drops
     // the cycle's future (a panic there is discarded, as on an abort).
     let mut cycle = std::pin::pin!(cycle);
-    let mut timer = std::pin::pin!(shared.driver.sleep_until(deadline));
+    // Boxed: only a cycle with a timeout keeps a timer (a tokio `Sleep`
+    // is over 100 bytes), so the others' futures are that much smaller.
+    let mut timer = Box::pin(shared.driver.sleep_until(deadline));
     let ended = std::future::poll_fn(|cx| {
         if let Poll::Ready(ended) = cycle.as_mut().poll(cx) {
             return Poll::Ready(Some(ended));
