@@ -111,7 +111,8 @@ impl<K: Hash + Eq + Clone> DashPeer<K> {
 
 /// An async coalescer whose every key in `keys` has a cycle running that
 /// never ends until the coalescer is dropped (which aborts them; the runtime
-/// is dropped after it, fields dropping in order), on its own runtime. `O`
+/// is dropped after it, fields dropping in order), on its own
+/// current-thread runtime, idle once they have started. `O`
 /// is what its cycles return: `()`, or a `Result` for [`Held::retrying`].
 #[derive(Debug)]
 pub struct Held<K, O: CycleOutput = ()> {
@@ -174,8 +175,12 @@ where
         keys: &[K],
         build: impl FnOnce(Builder<K>, HeldCycle<K, O>) -> Coalescer<K, RandomState, O> + Send,
     ) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        // A current-thread runtime, driven only here: once every key's cycle
+        // has started (and returned `Pending`), no thread runs the runtime
+        // again, so nothing runs beside the requests measured — no worker
+        // spinning or parking, which would also make instruction counts
+        // differ from run to run.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a tokio runtime");
@@ -185,13 +190,18 @@ where
             counted.fetch_add(1, Ordering::Relaxed);
             std::future::pending()
         });
-        let coalescer = runtime.block_on(async move { build(Builder::new(), cycle) });
-        for k in keys {
-            coalescer.request(k.clone()).expect("open");
-        }
-        while started.load(Ordering::Relaxed) < keys.len() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let coalescer = runtime.block_on(async move {
+            let coalescer = build(Builder::new(), cycle);
+            for k in keys {
+                coalescer.request(k.clone()).expect("open");
+            }
+            while started.load(Ordering::Relaxed) < keys.len() {
+                tokio::task::yield_now().await;
+            }
+            // Once more, so the last runner's poll has returned `Pending`.
+            tokio::task::yield_now().await;
+            coalescer
+        });
         Held {
             coalescer,
             _runtime: runtime,

@@ -6,7 +6,13 @@
 //!
 //! ```text
 //! cargo run -p coalescer-benches --release --bin layout
+//! valgrind --tool=cachegrind target/release/layout among 100000 1000000  # one model alone
 //! ```
+//!
+//! With arguments `MODEL KEYS REQUESTS` (`among`, `dense` or `inline`) it
+//! runs that many requests of one model on one thread and prints nothing,
+//! for cachegrind: a run of 0 requests measures the setup to subtract
+//! (`scripts/many-keys-profile.sh` does this).
 //!
 //! Each model does what our map path does and nothing else: hash the key,
 //! take the shard's read lock, find the key, one `fetch_or` on its state
@@ -50,34 +56,46 @@ mod layout {
     /// Shards per map, as our default on 2 cores.
     const SHARDS: usize = 8;
 
-    /// A slot as big as ours (48 bytes): its state word first.
+    /// A slot as big as ours (56 bytes): its state word first.
     struct SlotLike {
         state: AtomicU64,
-        _rest: [u64; 5],
+        _rest: [u64; 6],
     }
 
-    /// Where a key's state word lives.
-    enum Word {
-        Boxed(Arc<SlotLike>),
-        Inline(AtomicU64),
+    /// Where a key's state word lives: behind an `Arc` (`Arc<SlotLike>`)
+    /// or inline (`AtomicU64`). Either way the entry is 24 bytes, as ours.
+    trait Word {
+        fn word(&self) -> &AtomicU64;
     }
 
-    struct Entry {
+    impl Word for Arc<SlotLike> {
+        fn word(&self) -> &AtomicU64 {
+            &self.state
+        }
+    }
+
+    impl Word for AtomicU64 {
+        fn word(&self) -> &AtomicU64 {
+            self
+        }
+    }
+
+    struct Entry<W> {
         hash: u64,
         key: u64,
-        word: Word,
+        word: W,
     }
 
-    /// A sharded map of running keys with the word placed as `word` says.
-    struct Model {
-        shards: Vec<RwLock<HashTable<Entry>>>,
+    /// A sharded map of running keys with the word placed as `W` says.
+    struct Model<W> {
+        shards: Vec<RwLock<HashTable<Entry<W>>>>,
         hasher: RandomState,
         /// The task-sized allocations the slots were made among.
         _tasks: Vec<Box<[u8]>>,
     }
 
-    impl Model {
-        fn new(keys: &[u64], word: impl Fn() -> Word, among_tasks: bool) -> Self {
+    impl<W: Word> Model<W> {
+        fn new(keys: &[u64], word: impl Fn() -> W, among_tasks: bool) -> Self {
             let hasher = RandomState::new();
             let shards: Vec<_> = (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect();
             let mut tasks = Vec::new();
@@ -109,21 +127,22 @@ mod layout {
             let Some(entry) = shard.find(hash, |e| e.key == key) else {
                 return false;
             };
-            let word = match &entry.word {
-                Word::Boxed(slot) => &slot.state,
-                Word::Inline(word) => word,
-            };
+            let word = entry.word.word();
             // ORDERING: AcqRel, as `Slot::request`; measured here, not run
             // against a runner.
             word.fetch_or(2, Ordering::AcqRel) & 1 != 0
         }
     }
 
-    fn slot() -> Word {
-        Word::Boxed(Arc::new(SlotLike {
+    fn slot() -> Arc<SlotLike> {
+        Arc::new(SlotLike {
             state: AtomicU64::new(1),
-            _rest: [0; 5],
-        }))
+            _rest: [0; 6],
+        })
+    }
+
+    fn inline() -> AtomicU64 {
+        AtomicU64::new(1)
     }
 
     const ITERS: u64 = 2_000_000;
@@ -139,7 +158,30 @@ mod layout {
 
     type Op<'a> = Box<dyn Fn(usize, u64) + Sync + 'a>;
 
+    /// `MODEL KEYS REQUESTS`: that many requests of one model, for a
+    /// cache profile.
+    fn profile(model: &str, keys: usize, requests: u64) {
+        let keys = u64_keys(keys);
+        match model {
+            "among" => walk(&Model::new(&keys, slot, true), &keys, requests),
+            "dense" => walk(&Model::new(&keys, slot, false), &keys, requests),
+            _ => walk(&Model::new(&keys, inline, false), &keys, requests),
+        }
+    }
+
+    fn walk<W: Word>(model: &Model<W>, keys: &[u64], requests: u64) {
+        for i in 0..requests {
+            black_box(model.request(keys[spread(0, i, keys.len())]));
+        }
+    }
+
     pub(super) fn main() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if let [model, keys, requests] = &args[..] {
+            if let (Ok(keys), Ok(requests)) = (keys.parse(), requests.parse()) {
+                return profile(model, keys, requests);
+            }
+        }
         println!("| keys | request | 1 thread (ns/iter) | 2 threads (ns/iter) |");
         println!("|---|---|---|---|");
         for n in [256usize, 100_000] {
@@ -149,7 +191,7 @@ mod layout {
             let dash = DashPeer::running(&keys);
             let among = Model::new(&keys, slot, true);
             let dense = Model::new(&keys, slot, false);
-            let inline = Model::new(&keys, || Word::Inline(AtomicU64::new(1)), false);
+            let inline = Model::new(&keys, inline, false);
             let key = |t, i| keys[spread(t, i, n)];
             let rows: Vec<(&str, Op<'_>)> = vec![
                 (
