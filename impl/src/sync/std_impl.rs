@@ -118,13 +118,23 @@ impl PerThread {
     /// from a user's `Eq`): the value is then busy and `f` must do without.
     #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&mut Option<PerThreadValue>>) -> R) -> R {
-        match self
-            .values
-            .get_or(|| crate::padded::Padded(Default::default()))
-            .try_borrow_mut()
-        {
+        // `get` first: the lookup alone is small enough to inline into the
+        // memo path in every build; `get_or` (with the insertion) is not.
+        let cell = match self.values.get() {
+            Some(cell) => cell,
+            None => self.create(),
+        };
+        match cell.try_borrow_mut() {
             Ok(mut value) => f(Some(&mut value)),
             Err(_) => f(None),
         }
+    }
+
+    /// This thread's value, created: its first `with`.
+    #[cold]
+    #[inline(never)]
+    fn create(&self) -> &crate::padded::Padded<std::cell::RefCell<Option<PerThreadValue>>> {
+        self.values
+            .get_or(|| crate::padded::Padded(Default::default()))
     }
 }
