@@ -522,16 +522,41 @@ mod service {
                 .unwrap();
             runtime.block_on(async {
                 let http = reqwest::Client::new();
-                for _ in 0..3 {
+                let put = || async {
                     let response = http
                         .put(format!("http://{addr}/workspaces/1/config"))
                         .send()
                         .await
                         .unwrap();
                     assert_eq!(response.status(), 202);
+                };
+                put().await;
+                // The first restart (1 s) must have begun before the next
+                // writes, or they fold into it (correctly) and no follow-up
+                // is owed: wait until the service reports it running.
+                loop {
+                    let text = http
+                        .get(format!("http://{addr}/metrics"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .text()
+                        .await
+                        .unwrap();
+                    let running = prometheus_value(
+                        &text,
+                        "coalescer_running_cycles",
+                        &[("name", "restarts")],
+                    );
+                    if running == Some(1.0) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
+                put().await;
+                put().await;
             });
-            // The first restart (1 s) runs now; the writes after it owe a
+            // The first restart runs now; the writes after it owe a
             // follow-up, which the drain must run.
             let killed = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
