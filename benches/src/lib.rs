@@ -251,6 +251,17 @@ pub fn on_threads(threads: usize, iters: u64, op: impl Fn(usize, u64) + Sync) ->
     })
 }
 
+/// Nanoseconds per iteration of `op` on `threads` threads at once
+/// ([`on_threads`], `iters` iterations): the median of seven runs. For the
+/// binaries that print their own tables (`floor`, `layout`).
+pub fn median_ns(threads: usize, iters: u64, op: &(dyn Fn(usize, u64) + Sync)) -> f64 {
+    let mut runs: Vec<f64> = (0..7)
+        .map(|_| on_threads(threads, iters, op).as_secs_f64() * 1e9 / iters as f64)
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
 /// The next key index for thread `t`'s `i`th request over `n` keys: the two
 /// threads walk the keys in different orders, so they rarely touch the
 /// same key at once.

@@ -535,14 +535,7 @@ mod service {
                 // writes, or they fold into it (correctly) and no follow-up
                 // is owed: wait until the service reports it running.
                 loop {
-                    let text = http
-                        .get(format!("http://{addr}/metrics"))
-                        .send()
-                        .await
-                        .unwrap()
-                        .text()
-                        .await
-                        .unwrap();
+                    let text = scrape(&http, &format!("http://{addr}")).await;
                     let running = prometheus_value(
                         &text,
                         "coalescer_running_cycles",
@@ -635,6 +628,12 @@ mod service {
 
         /// One client's share of the requests: half config writes, two
         /// fifths restart requests, one tenth restarts waited for.
+        /// The service's `/metrics` page, `base` being `http://host:port`.
+        async fn scrape(http: &reqwest::Client, base: &str) -> String {
+            let response = http.get(format!("{base}/metrics")).send().await.unwrap();
+            response.text().await.unwrap()
+        }
+
         async fn client(http: reqwest::Client, base: String, n: u64, requests: u64) -> Tally {
             let mut tally = Tally::default();
             let mut rng = n;
@@ -732,14 +731,7 @@ mod service {
                     .await
                     .unwrap();
                 assert_eq!(bad.status(), 400, "an id that is not a number");
-                let text = http
-                    .get(format!("{base}/metrics"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
+                let text = scrape(&http, &base).await;
                 let requests = |admission| {
                     prometheus_value(
                         &text,

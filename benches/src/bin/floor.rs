@@ -34,7 +34,7 @@ mod floor {
     use std::hint::black_box;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use coalescer_benches::{on_threads, spread, u64_keys, GoPort, Held};
+    use coalescer_benches::{median_ns, spread, u64_keys, GoPort, Held};
 
     /// A word on cache lines of its own (x86 prefetches lines in pairs).
     #[repr(align(128))]
@@ -102,16 +102,6 @@ mod floor {
     }
 
     const ITERS: u64 = 4_000_000;
-
-    /// Nanoseconds per iteration (one request on each thread at once): the
-    /// median of seven runs.
-    fn measure(threads: usize, op: &(dyn Fn(usize, u64) + Sync)) -> f64 {
-        let mut runs: Vec<f64> = (0..7)
-            .map(|_| on_threads(threads, ITERS, op).as_secs_f64() * 1e9 / ITERS as f64)
-            .collect();
-        runs.sort_by(f64::total_cmp);
-        runs[runs.len() / 2]
-    }
 
     type Op<'a> = Box<dyn Fn(usize, u64) + Sync + 'a>;
 
@@ -199,7 +189,10 @@ mod floor {
         println!("| request | 1 thread (ns/iter) | 2 threads (ns/iter) |");
         println!("|---|---|---|");
         for (name, op) in &rows {
-            let (one, two) = (measure(1, op.as_ref()), measure(2, op.as_ref()));
+            let (one, two) = (
+                median_ns(1, ITERS, op.as_ref()),
+                median_ns(2, ITERS, op.as_ref()),
+            );
             println!("| {name} | {one:.1} | {two:.1} |");
         }
     }

@@ -7,7 +7,7 @@
 //! valgrind --tool=callgrind target/release/hotpath go
 //! valgrind --tool=callgrind target/release/hotpath ours 256
 //! valgrind --tool=cachegrind target/release/hotpath dash 100000
-//! valgrind --tool=callgrind target/release/hotpath ours 100000 0   # the setup alone
+//! valgrind --tool=callgrind target/release/hotpath ours 100000 2000000  # two million requests
 //! valgrind --tool=callgrind target/release/hotpath retry   # ours, with a retry policy
 //! valgrind --tool=callgrind target/release/hotpath limit   # ours, with a limit not reached
 //! valgrind --tool=callgrind target/release/hotpath debounce  # ours, debounced
@@ -21,8 +21,9 @@ fn main() {
     use coalescer_benches::{DashPeer, GoPort, Held};
     use std::hint::black_box;
 
-    // A third argument sets the number of requests (default a million): a
-    // run with 0 measures the setup alone, to subtract.
+    // A third argument sets the number of requests (default a million):
+    // `scripts/many-keys-profile.sh` subtracts a run of one million from a
+    // run of two, so the setup cancels.
     let n: u64 = std::env::args()
         .nth(3)
         .and_then(|n| n.parse().ok())

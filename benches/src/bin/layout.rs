@@ -11,8 +11,8 @@
 //!
 //! With arguments `MODEL KEYS REQUESTS` (`among`, `dense` or `inline`) it
 //! runs that many requests of one model on one thread and prints nothing,
-//! for cachegrind: a run of 0 requests measures the setup to subtract
-//! (`scripts/many-keys-profile.sh` does this).
+//! for cachegrind (`scripts/many-keys-profile.sh` subtracts a run of one
+//! million requests from a run of two).
 //!
 //! Each model does what our map path does and nothing else: hash the key,
 //! take the shard's read lock, find the key, one `fetch_or` on its state
@@ -45,7 +45,7 @@ mod layout {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, RwLock};
 
-    use coalescer_benches::{on_threads, spread, u64_keys, DashPeer, GoPort, Held};
+    use coalescer_benches::{median_ns, spread, u64_keys, DashPeer, GoPort, Held};
     use hashbrown::HashTable;
 
     /// What a runner allocates per active key besides its slot — its
@@ -147,15 +147,6 @@ mod layout {
 
     const ITERS: u64 = 2_000_000;
 
-    /// Nanoseconds per iteration: the median of seven runs.
-    fn measure(threads: usize, op: &(dyn Fn(usize, u64) + Sync)) -> f64 {
-        let mut runs: Vec<f64> = (0..7)
-            .map(|_| on_threads(threads, ITERS, op).as_secs_f64() * 1e9 / ITERS as f64)
-            .collect();
-        runs.sort_by(f64::total_cmp);
-        runs[runs.len() / 2]
-    }
-
     type Op<'a> = Box<dyn Fn(usize, u64) + Sync + 'a>;
 
     /// `MODEL KEYS REQUESTS`: that many requests of one model, for a
@@ -232,7 +223,10 @@ mod layout {
                 ),
             ];
             for (name, op) in &rows {
-                let (one, two) = (measure(1, op.as_ref()), measure(2, op.as_ref()));
+                let (one, two) = (
+                    median_ns(1, ITERS, op.as_ref()),
+                    median_ns(2, ITERS, op.as_ref()),
+                );
                 println!("| {n} | {name} | {one:.1} | {two:.1} |");
             }
         }
