@@ -1,16 +1,18 @@
 //! The crate's error.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Why a step of the protocol did not happen, or may not have.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
     /// The database reported an error, or the connection failed. If the
     /// statement had been sent, its outcome is **unknown**: a request may
     /// have been recorded. Retrying a request is safe (duplicates
     /// coalesce).
-    Db(tokio_postgres::Error),
+    /// Shared (`Arc`): one statement can answer many coalesced requests.
+    Db(Arc<tokio_postgres::Error>),
     /// No connection could be taken from the pool.
     Pool(String),
     /// A key or namespace the protocol cannot store; nothing was sent.
@@ -58,7 +60,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Db(e) => Some(e),
+            Error::Db(e) => Some(&**e),
             _ => None,
         }
     }
@@ -66,14 +68,14 @@ impl std::error::Error for Error {
 
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {
-        Error::Db(e)
+        Error::Db(Arc::new(e))
     }
 }
 
 impl From<deadpool_postgres::PoolError> for Error {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
-            deadpool_postgres::PoolError::Backend(e) => Error::Db(e),
+            deadpool_postgres::PoolError::Backend(e) => Error::Db(Arc::new(e)),
             other => Error::Pool(other.to_string()),
         }
     }

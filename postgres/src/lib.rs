@@ -24,8 +24,10 @@
 
 mod error;
 pub mod model;
+mod replica;
 mod store;
 
 pub use error::{Error, InvalidKey};
 pub use model::{Claimed, Completed, Requested};
+pub use replica::{Cycle, Replica, ReplicaBuilder, ReplicaStats, ShutdownReport};
 pub use store::{Namespace, Store, MAX_KEY_BYTES};
