@@ -17,7 +17,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tracing::Instrument;
 
 use crate::error::Error;
-use crate::model::{Claimed, Requested};
+use crate::model::{Claimed, Completed, Requested};
 use crate::store::{check_key, Namespace, CHANNEL};
 
 type CycleFn =
@@ -33,6 +33,13 @@ pub struct Cycle {
     owner: Arc<str>,
     namespace: Namespace,
     fenced: Arc<AtomicBool>,
+    /// The lease a go-again claim gets.
+    lease: Duration,
+    /// Whether the replica is shutting down (a completion then hands a
+    /// pending key back instead of going on).
+    closing: watch::Receiver<bool>,
+    /// A completion this cycle committed itself (`complete_in`).
+    completed: Arc<Mutex<Option<Completed>>>,
 }
 
 impl Cycle {
@@ -60,6 +67,11 @@ impl Cycle {
         &self.owner
     }
 
+    /// The namespace of its key.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
     /// Whether a lease renewal found the claim gone (taken over): the cycle
     /// should stop; its completion will be rejected. `false` is no promise:
     /// only [`fence_in`](Self::fence_in) is.
@@ -83,6 +95,29 @@ impl Cycle {
         self.namespace
             .fence_in(client, &self.key, &self.owner, self.epoch)
             .await
+    }
+
+    /// Completes this cycle inside `tx` and commits it: the effects the
+    /// transaction holds commit with the completion, or neither does. The
+    /// replica then goes on from that completion (again, handed back or
+    /// idle) instead of completing the cycle itself when it returns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Fenced`] if a later claim owns the key: the transaction is
+    /// rolled back, its effects with it. [`Error::Db`] from the completion
+    /// (rolled back) or the commit (unknown: if it did commit, the
+    /// replica's own completion finds the claim gone, and a go-again claim
+    /// it made is taken over after its lease — at least once).
+    pub async fn complete_in(&self, tx: tokio_postgres::Transaction<'_>) -> Result<(), Error> {
+        let go_on = !*self.closing.borrow();
+        let done = self
+            .namespace
+            .complete_in(&tx, &self.key, &self.owner, self.epoch, self.lease, go_on)
+            .await?;
+        tx.commit().await?;
+        *self.completed.lock().expect("completion lock") = Some(done);
+        Ok(())
     }
 }
 
@@ -440,7 +475,10 @@ impl Inner {
                     // Only this loop takes permits and it claimed no more
                     // than were free, so this does not happen; if it did,
                     // the claim goes back rather than running over the limit.
-                    let _ = self.namespace.abandon(&claim.key, &self.owner, claim.epoch).await;
+                    let _ = self
+                        .namespace
+                        .abandon(&claim.key, &self.owner, claim.epoch)
+                        .await;
                     continue;
                 };
                 if claim.previous.is_some() {
@@ -471,6 +509,7 @@ impl Inner {
         self.hold(&key, epoch, &fenced);
         let mut attempt: u32 = 0;
         loop {
+            let completed = Arc::new(Mutex::new(None));
             let cycle = Cycle {
                 key: key.clone(),
                 covers,
@@ -478,6 +517,9 @@ impl Inner {
                 owner: Arc::clone(&self.owner),
                 namespace: self.namespace.clone(),
                 fenced: Arc::clone(&fenced),
+                lease: self.lease,
+                closing: self.closing.subscribe(),
+                completed: Arc::clone(&completed),
             };
             self.counters.cycles.fetch_add(1, Relaxed);
             let span =
@@ -486,7 +528,11 @@ impl Inner {
                 .catch_unwind()
                 .instrument(span)
                 .await;
+            // Completed by the cycle itself, in its own transaction: that
+            // completion stands, whatever the cycle returned after it.
+            let committed = completed.lock().expect("completion lock").take();
             let failed = match outcome {
+                _ if committed.is_some() => None,
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
                 Err(_) => Some("the cycle panicked".to_owned()),
@@ -524,7 +570,11 @@ impl Inner {
                 continue;
             }
             attempt = 0;
-            match self.complete(&key, epoch).await {
+            let done = match committed {
+                Some(done) => Some(Ok(done)),
+                None => self.complete(&key, epoch).await,
+            };
+            match done {
                 Some(Ok(done)) => match done.claimed {
                     Some(next) => {
                         covers = next;
@@ -558,7 +608,7 @@ impl Inner {
     /// retry find the claim gone (`Err`), which is then the same as fenced
     /// for this replica: the key is another claim's, or idle, or pending.
     /// `None`: it kept failing.
-    async fn complete(&self, key: &str, epoch: i64) -> Option<Result<crate::Completed, ()>> {
+    async fn complete(&self, key: &str, epoch: i64) -> Option<Result<Completed, ()>> {
         let mut delay = Duration::from_millis(50);
         for _ in 0..5 {
             match self

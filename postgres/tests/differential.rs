@@ -242,7 +242,7 @@ async fn one_sequence(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_statements_do_what_the_model_does() {
+async fn inv14_to_inv17_every_statement_does_what_the_model_does() {
     let base = database_or_skip!();
     let config = common::fresh_database(&base).await;
     let store = Store::with_config(config.clone(), 4).expect("pool");

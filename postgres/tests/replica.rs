@@ -77,6 +77,22 @@ async fn quiescent(ns: &Namespace) {
     }
 }
 
+/// In one transaction: records the cycle's effect and completes the cycle
+/// (`Cycle::complete_in`).
+async fn effect_and_complete(
+    client: &mut tokio_postgres::Client,
+    cycle: &Cycle,
+) -> Result<(), Error> {
+    let tx = client.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO coalescer_test_effects VALUES ($1, $2, $3)",
+        &[&cycle.namespace().name(), &cycle.key(), &cycle.epoch()],
+    )
+    .await
+    .unwrap();
+    cycle.complete_in(tx).await
+}
+
 macro_rules! namespace_or_skip {
     ($prefix:expr) => {
         match namespace($prefix).await {
@@ -87,7 +103,7 @@ macro_rules! namespace_or_skip {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_replicas_cover_every_request_and_never_overlap_a_key() {
+async fn inv14a_inv17a_three_replicas_cover_every_request_and_never_overlap_a_key() {
     let ns = namespace_or_skip!("storm");
     let log: Shared = Arc::default();
     let replicas: Vec<Arc<Replica>> = (0..3)
@@ -166,9 +182,17 @@ async fn three_replicas_cover_every_request_and_never_overlap_a_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_takeover_after_the_lease_fences_the_old_owner() {
+async fn inv15_inv16a_a_takeover_after_the_lease_fences_the_old_owner() {
     let ns = namespace_or_skip!("takeover");
     let config = common::config().unwrap();
+    common::connect(&config)
+        .await
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS coalescer_test_effects \
+             (namespace text, key text, epoch bigint)",
+        )
+        .await
+        .unwrap();
     // A: its cycle stalls until told, then tries to commit an effect.
     let (stalled_tx, stalled_rx) = oneshot::channel::<i64>();
     let stalled_tx = Mutex::new(Some(stalled_tx));
@@ -192,8 +216,11 @@ async fn a_takeover_after_the_lease_fences_the_old_owner() {
                         go.notified().await;
                         let mut client = common::connect(&config).await;
                         let tx = client.transaction().await.unwrap();
-                        *fenced_effect.lock().unwrap() = Some(cycle.fence_in(&tx).await);
+                        let fenced = cycle.fence_in(&tx).await;
                         tx.rollback().await.unwrap();
+                        // An effect committed with the completion: refused.
+                        let completed = effect_and_complete(&mut client, &cycle).await;
+                        *fenced_effect.lock().unwrap() = Some((fenced, completed));
                     }
                     Ok::<(), String>(())
                 }
@@ -218,17 +245,22 @@ async fn a_takeover_after_the_lease_fences_the_old_owner() {
     let b = {
         let log = Arc::clone(&b_log);
         let b_go = Arc::clone(&b_go);
+        let config = config.clone();
         Replica::builder(ns.clone())
             .name("b")
             .poll(Duration::from_millis(100))
             .start(move |cycle: Cycle| {
                 let log = Arc::clone(&log);
                 let b_go = Arc::clone(&b_go);
+                let config = config.clone();
                 async move {
                     begin(&log, &cycle);
                     b_go.notified().await;
                     end(&log, &cycle);
-                    Ok::<(), String>(())
+                    let mut client = common::connect(&config).await;
+                    effect_and_complete(&mut client, &cycle)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
             })
     };
@@ -250,8 +282,11 @@ async fn a_takeover_after_the_lease_fences_the_old_owner() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        matches!(*fenced_effect.lock().unwrap(), Some(Err(Error::Fenced))),
-        "the stale owner's effect was not fenced: {:?}",
+        matches!(
+            *fenced_effect.lock().unwrap(),
+            Some((Err(Error::Fenced), Err(Error::Fenced)))
+        ),
+        "the stale owner's effects were not fenced: {:?}",
         fenced_effect.lock().unwrap()
     );
     while a.stats().fenced == 0 {
@@ -262,17 +297,26 @@ async fn a_takeover_after_the_lease_fences_the_old_owner() {
     quiescent(&ns).await;
     a.shutdown().await;
     b.shutdown().await;
-    assert!(
-        matches!(*fenced_effect.lock().unwrap(), Some(Err(Error::Fenced))),
-        "the stale owner's effect was not fenced: {:?}",
-        fenced_effect.lock().unwrap()
-    );
+    // Only the owner's effect committed, with its completion (which the
+    // replica took: B fenced nothing and the key went idle).
+    let effects: Vec<(String, i64)> = client
+        .query(
+            "SELECT key, epoch FROM coalescer_test_effects WHERE namespace = $1",
+            &[&ns.name()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(effects, vec![("k".to_owned(), b_epoch)]);
+    assert_eq!(b.stats().fenced, 0);
     assert_eq!(b.stats().takeovers, 1);
     assert_eq!(a.stats().fenced, 1, "{:?}", a.stats());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_hands_a_pending_key_to_another_replica() {
+async fn inv14b_shutdown_hands_a_pending_key_to_another_replica() {
     let ns = namespace_or_skip!("handback");
     let (began_tx, began_rx) = oneshot::channel::<()>();
     let began_tx = Mutex::new(Some(began_tx));
@@ -343,7 +387,7 @@ async fn shutdown_hands_a_pending_key_to_another_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_or_panicking_cycle_is_retried_under_its_claim() {
+async fn inv16b_a_failing_or_panicking_cycle_is_retried_under_its_claim() {
     let ns = namespace_or_skip!("retry");
     let calls = Arc::new(AtomicUsize::new(0));
     let epochs = Arc::new(Mutex::new(Vec::new()));
@@ -379,7 +423,7 @@ async fn a_failing_or_panicking_cycle_is_retried_under_its_claim() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_in_the_callers_transaction_commits_with_it() {
+async fn inv14d_a_request_in_the_callers_transaction_commits_with_it() {
     let ns = namespace_or_skip!("tx");
     let config = common::config().unwrap();
     let log: Shared = Arc::default();
@@ -446,7 +490,7 @@ async fn bad_keys_get_a_typed_error_and_record_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_listen_connection_loses_no_request() {
+async fn inv14c_a_killed_listen_connection_loses_no_request() {
     let ns = namespace_or_skip!("listen");
     let config = common::config().unwrap();
     let r = Replica::builder(ns.clone())
