@@ -3,6 +3,7 @@
 # for the coalescer-postgres tests (and CI, and a developer).
 #
 #   scripts/pg-throwaway.sh start DIR [--watch PID]   prints the URL on stdout
+#   scripts/pg-throwaway.sh restart DIR   (same port; for fault tests)
 #   scripts/pg-throwaway.sh stop DIR
 #
 # `start` makes DIR, runs initdb in it (trust authentication, loopback and
@@ -36,7 +37,7 @@ as_server_user() {
 
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR [--watch PID]" >&2; exit 1; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|restart|stop DIR [--watch PID]" >&2; exit 1; }
 bindir=$(find_bindir)
 
 case "$cmd" in
@@ -69,6 +70,10 @@ start)
     ' "$watched" "$0" "$dir" </dev/null >/dev/null 2>&1 &
   fi
   echo "postgres://postgres@127.0.0.1:$started/postgres"
+  ;;
+restart)
+  [ -n "$bindir" ] || { echo "no PostgreSQL server binaries (initdb, pg_ctl) installed" >&2; exit 3; }
+  as_server_user "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -m fast restart >/dev/null
   ;;
 stop)
   if [ -n "$bindir" ] && [ -d "$dir/data" ]; then

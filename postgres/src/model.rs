@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 /// One key's row (the columns of `coalescer_keys`, but the namespace).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Row {
     /// The generation of the latest accepted request.
     pub requested: i64,
@@ -46,7 +46,7 @@ impl Row {
 }
 
 /// What `request` returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Requested {
     /// The request's generation: a cycle whose claim is at or above it
     /// covers it.
@@ -60,7 +60,7 @@ pub struct Requested {
 }
 
 /// One row `claim` took.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Claimed {
     /// The key.
     pub key: String,
@@ -73,7 +73,7 @@ pub struct Claimed {
 }
 
 /// What `complete` returned for a cycle that still owned its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Completed {
     /// The next cycle's claim, if the owner goes again.
     pub claimed: Option<i64>,
@@ -86,7 +86,7 @@ pub struct Completed {
 }
 
 /// The rows of one namespace, and the sequence.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Table {
     /// The rows, by key.
     pub rows: BTreeMap<String, Row>,
@@ -140,16 +140,28 @@ impl Table {
         }
     }
 
-    /// `claim.sql`: up to `limit` due rows, oldest uncovered request first.
-    pub fn claim(&mut self, owner: &str, now: u64, lease: u64, limit: usize) -> Vec<Claimed> {
+    /// `claim.sql`: up to `limit` due rows, oldest uncovered request first;
+    /// `running` are the keys the claimer runs now (never taken over from
+    /// itself).
+    pub fn claim(
+        &mut self,
+        owner: &str,
+        now: u64,
+        lease: u64,
+        limit: usize,
+        running: &[String],
+    ) -> Vec<Claimed> {
         let mut due: Vec<(i64, String)> = self
             .rows
             .iter()
-            .filter(|(_, r)| {
+            .filter(|(k, r)| {
                 r.pending()
                     && match &r.owner {
                         None => true,
-                        Some(o) => r.lease_until.is_some_and(|t| t < now) && o != owner,
+                        Some(o) => {
+                            r.lease_until.is_some_and(|t| t < now)
+                                && !(o == owner && running.contains(k))
+                        }
                     }
             })
             .map(|(k, r)| (r.since.expect("a pending row has since"), k.clone()))

@@ -462,7 +462,18 @@ impl Inner {
             if free == 0 || self.closing() {
                 return;
             }
-            let claims = match self.namespace.claim(&self.owner, self.lease, free).await {
+            let running: Vec<String> = self
+                .running
+                .lock()
+                .expect("running lock")
+                .keys()
+                .cloned()
+                .collect();
+            let claims = match self
+                .namespace
+                .claim(&self.owner, self.lease, free, &running)
+                .await
+            {
                 Ok(claims) => claims,
                 Err(e) => {
                     tracing::warn!(target: "coalescer_postgres", error = %e, "claim failed");
@@ -594,7 +605,8 @@ impl Inner {
                     self.counters.fenced.fetch_add(1, Relaxed);
                     break;
                 }
-                // Unknown: the lease expires and another claim re-runs it.
+                // Unknown: the lease expires and a claim (this replica's
+                // too, once the key is no longer running here) re-runs it.
                 None => break,
             }
         }

@@ -224,7 +224,8 @@ impl Namespace {
 
     /// Claims up to `limit` due keys for `owner`, each with a lease of
     /// `lease`: unowned keys with uncovered requests, and keys whose
-    /// owner's lease has expired (takeovers).
+    /// owner's lease has expired (takeovers) — `owner`'s own too, except
+    /// the keys in `running`, which it is running now.
     ///
     /// # Errors
     ///
@@ -236,11 +237,15 @@ impl Namespace {
         owner: &str,
         lease: Duration,
         limit: usize,
+        running: &[String],
     ) -> Result<Vec<Claimed>, Error> {
         let client = self.store.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = client
-            .query(sql::CLAIM, &[&self.name, &owner, &secs(lease), &limit])
+            .query(
+                sql::CLAIM,
+                &[&self.name, &owner, &secs(lease), &limit, &running],
+            )
             .await?;
         rows.iter()
             .map(|r| {

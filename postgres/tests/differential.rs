@@ -125,9 +125,17 @@ async fn one_sequence(
             model.seq += if model.rows.contains_key(key) { 2 } else { 1 };
         } else if what < 50 {
             let limit = rng.random_range(1..4);
-            op = format!("claim {owner} {limit}");
-            let mut sql = ns.claim(owner, SQL_LEASE, limit).await.expect("claim");
-            let mut expected = model.claim(owner, NOW, LEASE, limit);
+            let running: Vec<String> = KEYS
+                .iter()
+                .filter(|_| rng.random_bool(0.3))
+                .map(|k| k.to_string())
+                .collect();
+            op = format!("claim {owner} {limit} running {running:?}");
+            let mut sql = ns
+                .claim(owner, SQL_LEASE, limit, &running)
+                .await
+                .expect("claim");
+            let mut expected = model.claim(owner, NOW, LEASE, limit, &running);
             // One claim's rows draw consecutive epochs in the order the
             // update visits them, which SQL does not fix: the same keys must
             // get the same epochs, in some order.

@@ -20,6 +20,9 @@ pub mod history;
 #[cfg(not(any(loom, doctest)))]
 pub mod model;
 
+#[cfg(not(any(loom, doctest)))]
+pub mod replicas;
+
 pub use history::{
     check, check_with, Answer, Event, History, Invariant, Options, Recorder, RequestId, Violation,
 };

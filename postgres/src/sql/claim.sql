@@ -1,13 +1,16 @@
--- claim($1 namespace, $2 owner, $3 lease in seconds, $4 how many):
--- unowned pending keys, and keys whose owner's lease expired (a takeover;
--- never the claimer's own), oldest uncovered request first. Each claim
--- covers every request so far and draws a new fencing epoch.
+-- claim($1 namespace, $2 owner, $3 lease in seconds, $4 how many, $5 the
+-- keys the claimer is running now): unowned pending keys, and keys whose
+-- owner's lease expired (a takeover — of the claimer's own too, unless it
+-- is running that key: a claim it lost track of, say a go-again whose reply
+-- was lost), oldest uncovered request first. Each claim covers every
+-- request so far and draws a new fencing epoch.
 WITH c AS (
     SELECT namespace, key, owner AS previous
     FROM coalescer_keys
     WHERE namespace = $1
       AND requested > covered
-      AND (owner IS NULL OR (lease_until < now() AND owner <> $2))
+      AND (owner IS NULL
+           OR (lease_until < now() AND NOT (owner = $2 AND key = ANY ($5::text[]))))
     ORDER BY since
     LIMIT $4
     FOR UPDATE SKIP LOCKED

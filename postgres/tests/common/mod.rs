@@ -26,18 +26,66 @@ fn start() -> Option<String> {
     if let Ok(url) = std::env::var("COALESCER_PG_URL") {
         return Some(url);
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-throwaway.sh");
-    let dir = std::env::temp_dir().join(format!(
+    throwaway(&fresh_dir())
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-throwaway.sh")
+}
+
+fn fresh_dir() -> PathBuf {
+    std::env::temp_dir().join(format!(
         "coalescer-pg-{}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
-    ));
+    ))
+}
+
+/// A cluster of this test's own, which it may restart (`scripts/pg-throwaway.sh`;
+/// stopped and removed when dropped, or when this process exits).
+pub struct Cluster {
+    pub url: String,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    /// Restarts the server (fast shutdown: every connection is closed), on
+    /// the same port.
+    pub fn restart(&self) {
+        let status = Command::new("bash")
+            .arg(script())
+            .arg("restart")
+            .arg(&self.dir)
+            .status()
+            .expect("run scripts/pg-throwaway.sh");
+        assert!(status.success(), "restart failed");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// A cluster of the calling test's own (even when `COALESCER_PG_URL` names
+/// one: a test that restarts its server must own it); `None`: skip.
+pub fn own_cluster() -> Option<Cluster> {
+    let dir = fresh_dir();
+    throwaway(&dir).map(|url| Cluster { url, dir })
+}
+
+fn throwaway(dir: &std::path::Path) -> Option<String> {
     let out = Command::new("bash")
-        .arg(&script)
+        .arg(script())
         .arg("start")
-        .arg(&dir)
+        .arg(dir)
         .arg("--watch")
         .arg(std::process::id().to_string())
         .output()
