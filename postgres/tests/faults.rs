@@ -19,13 +19,18 @@ use std::time::{Duration, Instant};
 
 use coalescer_postgres::{Cycle, Error, Namespace, Replica, Store};
 
+/// Created by whichever test gets there first: under a lock, because two
+/// concurrent `CREATE TABLE IF NOT EXISTS` of one name can fail.
 const SCHEMA: &str = "
+    BEGIN;
+    SELECT pg_advisory_xact_lock(4242);
     CREATE TABLE IF NOT EXISTS fault_starts (
         namespace text, key text, epoch bigint, pid int,
         started_at timestamptz DEFAULT clock_timestamp());
     CREATE TABLE IF NOT EXISTS fault_effects (
         namespace text, key text, epoch bigint, covers bigint, pid int,
         started_at timestamptz, done_at timestamptz DEFAULT clock_timestamp());
+    COMMIT;
 ";
 
 /// Not a test: the body of a replica process, when this binary is started
