@@ -372,6 +372,7 @@ impl Replica {
         let Some(mut tasks) = tasks.take() else {
             return ShutdownReport { handed_back: 0 };
         };
+        // ORDERING: Relaxed; a counter (observation only), pairs with nothing.
         let before = self.inner.counters.handed_back.load(Relaxed);
         // Closing first: a cycle that ends from now on hands its key back
         // instead of going on, while the requests already made are sent.
@@ -389,6 +390,7 @@ impl Replica {
         }
         tasks.services.abort_all();
         while tasks.services.join_next().await.is_some() {}
+        // ORDERING: Relaxed, as above; the runs that counted were joined.
         ShutdownReport {
             handed_back: self.inner.counters.handed_back.load(Relaxed) - before,
         }
@@ -493,6 +495,7 @@ impl Inner {
                     continue;
                 };
                 if claim.previous.is_some() {
+                    // ORDERING: Relaxed; a counter (observation only), pairs with nothing.
                     self.counters.takeovers.fetch_add(1, Relaxed);
                 }
                 let this = Arc::clone(self);
@@ -532,6 +535,7 @@ impl Inner {
                 closing: self.closing.subscribe(),
                 completed: Arc::clone(&completed),
             };
+            // ORDERING: Relaxed; a counter (observation only), pairs with nothing.
             self.counters.cycles.fetch_add(1, Relaxed);
             let span =
                 tracing::info_span!(target: "coalescer_postgres", "cycle", key = %key, epoch);
@@ -549,6 +553,7 @@ impl Inner {
                 Err(_) => Some("the cycle panicked".to_owned()),
             };
             if let Some(error) = failed {
+                // ORDERING: Relaxed; a counter (observation only), pairs with nothing.
                 self.counters.failures.fetch_add(1, Relaxed);
                 attempt = attempt.saturating_add(1);
                 tracing::warn!(target: "coalescer_postgres", key = %key, epoch, attempt, %error, "cycle failed");
@@ -562,6 +567,7 @@ impl Inner {
                 };
                 // ORDERING: Relaxed; a hint (see `Cycle::is_fenced`).
                 if fenced.load(Relaxed) {
+                    // ORDERING: Relaxed; a counter (observation only), pairs with nothing.
                     self.counters.fenced.fetch_add(1, Relaxed);
                     break;
                 }
@@ -574,6 +580,7 @@ impl Inner {
                         .await
                         .is_ok()
                     {
+                        // ORDERING: Relaxed; a counter (observation only), pairs with nothing.
                         self.counters.handed_back.fetch_add(1, Relaxed);
                     }
                     break;
@@ -594,6 +601,7 @@ impl Inner {
                     }
                     None => {
                         if done.pending {
+                            // ORDERING: Relaxed; a counter (observation only), pairs with nothing.
                             self.counters.handed_back.fetch_add(1, Relaxed);
                         } else if let Err(e) = self.namespace.sweep(Some(&key)).await {
                             tracing::warn!(target: "coalescer_postgres", error = %e, "sweep failed");
@@ -602,6 +610,7 @@ impl Inner {
                     }
                 },
                 Some(Err(())) => {
+                    // ORDERING: Relaxed; a counter (observation only), pairs with nothing.
                     self.counters.fenced.fetch_add(1, Relaxed);
                     break;
                 }
