@@ -335,6 +335,24 @@ impl Replica {
         }
     }
 
+    /// Requests a cycle of `key` and waits until a cycle that covers the
+    /// request has completed, on whichever replica ([`request`](Self::request),
+    /// then [`Namespace::wait_covered`]). A cycle after a crash covers it
+    /// too: the wait is for coverage, at least once.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request), and [`Error::Db`] or [`Error::Pool`]
+    /// from a poll (the request was committed: waiting again is safe).
+    pub async fn request_and_wait(&self, key: &str) -> Result<Requested, Error> {
+        let requested = self.request(key).await?;
+        self.inner
+            .namespace
+            .wait_covered(key, requested.generation)
+            .await?;
+        Ok(requested)
+    }
+
     /// Requests a cycle of `key` in the caller's transaction: atomic with
     /// the caller's own changes ([`Namespace::request_in`]).
     ///

@@ -28,6 +28,7 @@ pub(crate) mod sql {
     pub(crate) const RENEW: &str = include_str!("sql/renew.sql");
     pub(crate) const SWEEP: &str = include_str!("sql/sweep.sql");
     pub(crate) const FENCE: &str = include_str!("sql/fence.sql");
+    pub(crate) const COVERED: &str = include_str!("sql/covered.sql");
 }
 
 /// A key of the advisory lock that serialises migrations (replicas that
@@ -352,6 +353,36 @@ impl Namespace {
     pub async fn sweep(&self, key: Option<&str>) -> Result<u64, Error> {
         let client = self.store.client().await?;
         Ok(client.execute(sql::SWEEP, &[&self.name, &key]).await?)
+    }
+
+    /// Whether a completed cycle covers the request of `generation` on
+    /// `key` (on any replica).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Db`] or [`Error::Pool`].
+    pub async fn covered(&self, key: &str, generation: i64) -> Result<bool, Error> {
+        let client = self.store.client().await?;
+        let row = client
+            .query_one(sql::COVERED, &[&self.name, &key, &generation])
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Waits until a completed cycle covers the request of `generation` on
+    /// `key`, polling [`covered`](Self::covered) every 10 ms at first, backing
+    /// off to every 500 ms.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Db`] or [`Error::Pool`] from a poll.
+    pub async fn wait_covered(&self, key: &str, generation: i64) -> Result<(), Error> {
+        let mut every = Duration::from_millis(10);
+        while !self.covered(key, generation).await? {
+            tokio::time::sleep(every).await;
+            every = (every * 2).min(Duration::from_millis(500));
+        }
+        Ok(())
     }
 
     /// In the caller's transaction: checks that `epoch` still owns `key`,

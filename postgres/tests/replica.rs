@@ -523,3 +523,50 @@ async fn inv14c_a_killed_listen_connection_loses_no_request() {
     r.shutdown().await;
     assert!(r.stats().cycles >= 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inv14e_request_and_wait_returns_once_a_covering_cycle_completed() {
+    let ns = namespace_or_skip!("wait");
+    let log: Shared = Arc::default();
+    // The cycle holds until told, so the wait must outlast it.
+    let go = Arc::new(Notify::new());
+    let r = {
+        let log = Arc::clone(&log);
+        let go = Arc::clone(&go);
+        Replica::builder(ns.clone()).start(move |cycle: Cycle| {
+            let log = Arc::clone(&log);
+            let go = Arc::clone(&go);
+            async move {
+                begin(&log, &cycle);
+                go.notified().await;
+                end(&log, &cycle);
+                Ok::<(), String>(())
+            }
+        })
+    };
+    let r = Arc::new(r);
+    let waiter = tokio::spawn({
+        let r = Arc::clone(&r);
+        async move { r.request_and_wait("k").await }
+    });
+    // The cycle began and has not completed: the waiter still waits.
+    while log.lock().unwrap().cycles.is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let generation = log.lock().unwrap().cycles[0].1;
+    assert!(!ns.covered("k", generation).await.unwrap());
+    assert!(!waiter.is_finished());
+    go.notify_one();
+    let requested = waiter.await.unwrap().unwrap();
+    assert!(ns.covered("k", requested.generation).await.unwrap());
+    {
+        let log = log.lock().unwrap();
+        assert!(log.cycles.iter().any(|c| c.1 >= requested.generation));
+        assert_eq!(
+            log.running.get("k"),
+            Some(&0),
+            "returned before the cycle ended"
+        );
+    }
+    r.shutdown().await;
+}
