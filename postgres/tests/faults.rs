@@ -218,16 +218,6 @@ where
     }
 }
 
-async fn rows_left(client: &tokio_postgres::Client, ns: &Namespace) -> i64 {
-    client
-        .query_one(
-            "SELECT count(*) FROM coalescer_keys WHERE namespace = $1",
-            &[&ns.name()],
-        )
-        .await
-        .map_or(-1, |r| r.get(0))
-}
-
 /// The oracle, over the effects the cycles committed.
 async fn check_history(
     client: &tokio_postgres::Client,
@@ -371,7 +361,7 @@ async fn inv14_inv16a_a_replica_killed_mid_cycle_is_taken_over() {
 }
 
 async fn rows_left_is_zero(client: &tokio_postgres::Client, ns: &Namespace) -> bool {
-    rows_left(client, ns).await == 0
+    common::rows(client, ns.name()).await.is_ok_and(|n| n == 0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,14 +61,7 @@ async fn quiescent(ns: &Namespace) {
     let client = common::connect(&common::config().unwrap()).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let rows: i64 = client
-            .query_one(
-                "SELECT count(*) FROM coalescer_keys WHERE namespace = $1",
-                &[&ns.name()],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let rows = common::rows(&client, ns.name()).await.unwrap();
         if rows == 0 {
             return;
         }
@@ -442,14 +435,7 @@ async fn inv14d_a_request_in_the_callers_transaction_commits_with_it() {
     let tx = client.transaction().await.unwrap();
     r.request_in(&tx, "rolled-back").await.unwrap();
     tx.rollback().await.unwrap();
-    let rows: i64 = client
-        .query_one(
-            "SELECT count(*) FROM coalescer_keys WHERE namespace = $1",
-            &[&ns.name()],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let rows = common::rows(&client, ns.name()).await.unwrap();
     assert_eq!(rows, 0, "a rolled-back request left a row");
     let tx = client.transaction().await.unwrap();
     let requested = r.request_in(&tx, "committed").await.unwrap();

@@ -165,3 +165,18 @@ pub async fn connect(config: &Config) -> tokio_postgres::Client {
     tokio::spawn(connection);
     client
 }
+
+/// How many rows namespace `namespace` has in `coalescer_keys` (0: every
+/// request covered and swept).
+pub async fn rows(
+    client: &tokio_postgres::Client,
+    namespace: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    client
+        .query_one(
+            "SELECT count(*) FROM coalescer_keys WHERE namespace = $1",
+            &[&namespace],
+        )
+        .await
+        .map(|r| r.get(0))
+}
