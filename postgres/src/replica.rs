@@ -530,6 +530,10 @@ impl Inner {
 
     /// Runs a claimed key's cycles until it goes idle, is handed back or is
     /// fenced.
+    ///
+    /// INV-17a: one task per claimed key, so this replica never runs a key's
+    /// cycles side by side; INV-16b: a failed cycle is retried here, under
+    /// the same claim.
     async fn run(self: Arc<Self>, claim: Claimed, permit: tokio::sync::OwnedSemaphorePermit) {
         let Claimed {
             key,

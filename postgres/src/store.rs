@@ -215,6 +215,8 @@ impl Namespace {
         key: &str,
     ) -> Result<Requested, Error> {
         check_key(key)?;
+        // INV-14: the request is one upsert under the row lock; durable once
+        // it returns (or once the caller's transaction commits: INV-14d).
         let row = client.query_one(sql::REQUEST, &[&self.name, &key]).await?;
         Ok(Requested {
             generation: row.try_get(0)?,
@@ -242,6 +244,8 @@ impl Namespace {
     ) -> Result<Vec<Claimed>, Error> {
         let client = self.store.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // INV-16a (takeover after expiry, never of a key the claimer runs)
+        // and INV-17b (only keys with an uncovered request): `claim.sql`.
         let rows = client
             .query(
                 sql::CLAIM,
@@ -298,6 +302,8 @@ impl Namespace {
         lease: Duration,
         go_on: bool,
     ) -> Result<Completed, Error> {
+        // INV-14a: completion and go-again or go-idle in one statement;
+        // INV-15: it changes nothing unless owner and epoch still hold.
         let params: [&(dyn ToSql + Sync); 6] =
             [&self.name, &key, &owner, &epoch, &secs(lease), &go_on];
         let row = client.query_opt(sql::COMPLETE, &params).await?;
@@ -400,6 +406,7 @@ impl Namespace {
         owner: &str,
         epoch: i64,
     ) -> Result<(), Error> {
+        // INV-15: the KEY SHARE lock keeps a takeover's claim off the row.
         let row = client
             .query_opt(sql::FENCE, &[&self.name, &key, &owner, &epoch])
             .await?;
